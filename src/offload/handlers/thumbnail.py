@@ -1,0 +1,69 @@
+"""``thumbnail``: one slice per image; each slice writes one thumbnail per requested size.
+
+This module is imported by the master (to validate payloads) and the worker (to split),
+so it stays free of Pillow; the pixel work is in ``thumbnail_compute``.
+"""
+
+from __future__ import annotations
+
+import urllib.parse
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from offload.registry import Registry
+from offload.storage import ALLOWED_SCHEMES
+
+MAX_IMAGES = 1000
+MAX_SIZES = 8
+MAX_EDGE_PX = 4096
+
+
+def _check_uri(uri: str) -> str:
+    scheme = urllib.parse.urlsplit(uri).scheme
+    if scheme not in ALLOWED_SCHEMES:
+        raise ValueError(f"scheme {scheme or 'missing'!r} is not allowed; use file:// or s3://")
+    return uri
+
+
+class ThumbnailPayload(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    images: list[str] = Field(min_length=1, max_length=MAX_IMAGES, description="Image URIs (s3:// or file://).")
+    sizes: list[int] = Field(min_length=1, max_length=MAX_SIZES, description="Longest edge of each thumbnail, px.")
+    format: Literal["jpeg", "png", "webp"] = "jpeg"
+
+    @field_validator("images")
+    @classmethod
+    def _allowed_schemes(cls, images: list[str]) -> list[str]:
+        return [_check_uri(uri) for uri in images]
+
+    @field_validator("sizes")
+    @classmethod
+    def _sane_sizes(cls, sizes: list[int]) -> list[int]:
+        for size in sizes:
+            if not 1 <= size <= MAX_EDGE_PX:
+                raise ValueError(f"each size must be between 1 and {MAX_EDGE_PX} px, got {size}")
+        return sizes
+
+
+class ThumbnailSlice(BaseModel):
+    """The input of one slice: one image, every size."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    image: str
+    sizes: list[int]
+    format: Literal["jpeg", "png", "webp"]
+
+
+def split(payload: ThumbnailPayload) -> list[dict[str, Any]]:
+    return [
+        ThumbnailSlice(image=uri, sizes=payload.sizes, format=payload.format).model_dump() for uri in payload.images
+    ]
+
+
+def register(registry: Registry) -> None:
+    registry.fan_out(
+        "thumbnail", ThumbnailPayload, compute="offload.handlers.thumbnail_compute:make_thumbnails", max_tries=3
+    )(split)

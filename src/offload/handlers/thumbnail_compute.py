@@ -1,0 +1,83 @@
+"""The pixel work of a ``thumbnail`` slice; runs in the compute function only."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import warnings
+from pathlib import PurePosixPath
+from typing import Any
+from urllib.parse import urlsplit
+
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from offload.config import settings
+from offload.errors import SliceFailed
+from offload.handlers.thumbnail import ThumbnailSlice
+from offload.registry import SliceContext
+from offload.storage import read_bytes, write_bytes
+
+MAX_INPUT_BYTES = 50 * 1024 * 1024
+_PIL_FORMATS = {"jpeg": "JPEG", "png": "PNG", "webp": "WEBP"}
+_CONTENT_TYPES = {"jpeg": "image/jpeg", "png": "image/png", "webp": "image/webp"}
+_EXTENSIONS = {"jpeg": "jpg", "png": "png", "webp": "webp"}
+
+
+def make_thumbnails(context: SliceContext, slice_input: dict[str, Any]) -> dict[str, Any]:
+    spec = ThumbnailSlice.model_validate(slice_input)
+    conf = settings()
+    if not conf.output_uri:
+        raise SliceFailed("OFFLOAD_OUTPUT_URI is not set: nowhere to write thumbnails")
+
+    data = read_bytes(spec.image, root=conf.input_root, allowed_buckets=conf.allowed_buckets, max_bytes=MAX_INPUT_BYTES)
+    image = _decode(spec.image, data, conf.max_image_pixels)
+
+    stem = PurePosixPath(urlsplit(spec.image).path).stem or "image"
+    outputs = []
+    for size in spec.sizes:
+        encoded, width, height = _encode(image, size, spec.format)
+        name = f"{context.job_id}/{context.slice:04d}-{stem}-{size}.{_EXTENSIONS[spec.format]}"
+        uri = write_bytes(conf.output_uri, name, encoded, _CONTENT_TYPES[spec.format])
+        outputs.append(
+            {"size": size, "uri": uri, "width": width, "height": height, "bytes": len(encoded),
+             "sha256": hashlib.sha256(encoded).hexdigest()}
+        )  # fmt: skip
+    return {"image": spec.image, "source": {"width": image.width, "height": image.height}, "thumbnails": outputs}
+
+
+def _decode(uri: str, data: bytes, max_pixels: int) -> Image.Image:
+    """Open and fully decode, refusing bombs before decoding a single pixel."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            image = Image.open(io.BytesIO(data))
+            width, height = image.size
+            if width * height > max_pixels:
+                raise SliceFailed(
+                    f"{uri}: {width}x{height} is {width * height} pixels, over the limit of {max_pixels}"
+                )
+            image.load()
+    except SliceFailed:
+        raise
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
+        raise SliceFailed(f"{uri}: refused as a decompression bomb ({e})") from e
+    except UnidentifiedImageError:
+        raise SliceFailed(f"{uri}: not an image Pillow can read (is the file what its name says?)") from None
+    except (OSError, ValueError, SyntaxError) as e:
+        raise SliceFailed(f"{uri}: the image is damaged or truncated ({e})") from e
+    return ImageOps.exif_transpose(image)
+
+
+def _encode(image: Image.Image, size: int, fmt: str) -> tuple[bytes, int, int]:
+    thumb = image.copy()
+    thumb.thumbnail((size, size), Image.Resampling.LANCZOS)
+    if fmt == "jpeg" and thumb.mode not in ("RGB", "L"):
+        thumb = thumb.convert("RGB")
+    elif thumb.mode not in ("RGB", "RGBA", "L", "LA"):
+        thumb = thumb.convert("RGBA" if "A" in thumb.getbands() else "RGB")
+    out = io.BytesIO()
+    options: dict[str, Any] = {"optimize": True} if fmt in ("jpeg", "png") else {"quality": 85}
+    if fmt == "jpeg":
+        options["quality"] = 85
+    thumb.save(out, _PIL_FORMATS[fmt], **options)
+    return out.getvalue(), thumb.width, thumb.height

@@ -1,0 +1,86 @@
+"""Every Redis key offload uses, and how long each one lives.
+
+All keys of one queue share the hash tag ``{<queue>}`` so that every script touches a
+single cluster slot and runs unchanged on cluster-mode Redis (ElastiCache Serverless). How long finished records live is a setting
+(``config.Settings.*_ttl_s``); the scripts apply it with EXPIRE when a job ends.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+KEY_PREFIX = "offload"
+
+
+@dataclass(frozen=True, slots=True)
+class QueueKeys:
+    """Key names for one queue. Build once per process and reuse."""
+
+    queue: str
+
+    @property
+    def base(self) -> str:
+        return f"{KEY_PREFIX}:{{{self.queue}}}"
+
+    @property
+    def queued(self) -> str:
+        """List of job ids waiting for a worker (LPUSH in, BLMOVE out from the right)."""
+        return f"{self.base}:queued"
+
+    @property
+    def delayed(self) -> str:
+        """Sorted set of job ids waiting out a retry backoff, scored by ready time (ms)."""
+        return f"{self.base}:delayed"
+
+    @property
+    def dead(self) -> str:
+        """List of dead-lettered job ids, newest first."""
+        return f"{self.base}:dead"
+
+    @property
+    def workers(self) -> str:
+        """Sorted set of worker ids, scored by the time (ms) their lease runs out."""
+        return f"{self.base}:workers"
+
+    @property
+    def counts(self) -> str:
+        """Hash: number of jobs in each status, plus lifetime counters (accepted, replayed...)."""
+        return f"{self.base}:counts"
+
+    @property
+    def deadlines(self) -> str:
+        """Sorted set of dispatched slices ``<job_id>/<slice>/<attempt>``, scored by deadline (ms)."""
+        return f"{self.base}:deadlines"
+
+    @property
+    def slices_ready(self) -> str:
+        """List of ``<job_id>/<slice>`` waiting to be dispatched to the compute function."""
+        return f"{self.base}:slices-ready"
+
+    def processing(self, worker_id: str) -> str:
+        """List of job ids a worker holds; the worker's lease in ``workers`` guards it."""
+        return f"{self.base}:processing:{worker_id}"
+
+    @property
+    def processing_prefix(self) -> str:
+        return f"{self.base}:processing:"
+
+    def job(self, job_id: str) -> str:
+        """Hash with the job record (see ``jobs.JOB_FIELDS``)."""
+        return f"{self.base}:job:{job_id}"
+
+    @property
+    def job_prefix(self) -> str:
+        return f"{self.base}:job:"
+
+    def slices(self, job_id: str) -> str:
+        """Hash of a fan-out job's slices: field ``<n>`` holds that slice's state as JSON."""
+        return f"{self.base}:slices:{job_id}"
+
+    @property
+    def slices_prefix(self) -> str:
+        return f"{self.base}:slices:"
+
+    def idempotency(self, tenant: str, key: str) -> str:
+        """String: the job id a client's ``Idempotency-Key`` maps to, with the request digest."""
+        return f"{self.base}:idem:{tenant}:{key}"

@@ -1,0 +1,116 @@
+"""Callback function: the single writer of a dispatched job's state.
+
+Two doors in: ``POST /callbacks/{job_id}`` (AWS_IAM on the route, SigV4-signed by the
+compute function) with a slice outcome, and Lambda's ``OnFailure`` destination record
+when the compute function itself failed. Both carry the slice's callback token.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from aws_lambda_powertools.logging import Logger
+from pydantic import ValidationError
+
+from offload import tokens
+from offload.config import settings
+from offload.connection import connect
+from offload.errors import CallbackRejected, QueueUnavailable
+from offload.http import HttpError, error_response, json_body, parse_event, respond
+from offload.models import LambdaFailureRecord, SliceInvocation, SliceOutcome
+from offload.queue import OutcomeVerdict, Queue
+from offload.retries import backoff_ms
+
+logger = Logger(service="offload-callback")
+
+SETTINGS = settings()
+QUEUE = Queue(connect(SETTINGS, "api"), SETTINGS)
+_SECRET: str | None = None
+
+
+def _secret() -> str:
+    global _SECRET
+    if _SECRET is None:
+        _SECRET = tokens.signing_secret(SETTINGS.callback_secret, SETTINGS.callback_secret_arn)
+    return _SECRET
+
+
+def handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
+    if "requestPayload" in event and "httpMethod" not in event:
+        return on_failure_record(event)
+    try:
+        request = parse_event(event)
+        logger.set_correlation_id(request.request_id or None)
+        if request.method != "POST" or request.resource != "/callbacks/{job_id}":
+            raise HttpError(404, "not_found", f"no route for {request.method} {request.path or request.resource}")
+        job_id = request.path_params.get("job_id", "")
+        outcome = json_body(request, SliceOutcome, max_bytes=SETTINGS.max_body_bytes * 4)
+        verdict, status = apply(job_id, outcome)
+    except HttpError as e:
+        return error_response(e)
+    except QueueUnavailable as e:
+        logger.warning("queue unavailable; answering 503", extra={"reason": str(e)})
+        return error_response(HttpError(503, "queue_unavailable", "the job store is unavailable; retry later",
+                                        headers={"Retry-After": str(SETTINGS.retry_after_s)}))  # fmt: skip
+    if verdict == OutcomeVerdict.UNKNOWN:
+        return error_response(HttpError(404, "job_not_found", f"no job {job_id!r} with slice {outcome.slice}"))
+    return respond(200, {"verdict": verdict, "job_status": status})
+
+
+def apply(job_id: str, outcome: SliceOutcome) -> tuple[OutcomeVerdict, str]:
+    logger.append_keys(job_id=job_id, slice_id=outcome.slice, attempt=outcome.attempt)
+    try:
+        tokens.verify(_secret(), outcome.token, job_id, outcome.slice, outcome.attempt)
+    except CallbackRejected as e:
+        logger.warning("callback rejected", extra={"reason": str(e)})
+        raise HttpError(403, "forbidden", str(e)) from None
+
+    succeeded = outcome.status == "succeeded"
+    verdict, status = QUEUE.apply_outcome(
+        job_id,
+        outcome.slice,
+        outcome.attempt,
+        succeeded=succeeded,
+        result_json=_json(outcome.result) if succeeded else "",
+        reason=outcome.error or "the compute function reported a failure without a reason",
+        retryable=outcome.retryable,
+        backoff_ms=backoff_ms(outcome.attempt, SETTINGS.retry_base_s, SETTINGS.retry_max_s),
+    )
+    _log(verdict, outcome.error)
+    return verdict, status
+
+
+def on_failure_record(event: dict[str, Any]) -> dict[str, Any]:
+    """Lambda gave up on a compute invocation: fail that slice attempt with Lambda's reason."""
+    try:
+        record = LambdaFailureRecord.model_validate(event)
+    except ValidationError as e:
+        logger.error("unreadable OnFailure record dropped", extra={"errors": e.errors(include_url=False)})
+        return {"verdict": "rejected"}
+    invocation: SliceInvocation = record.request_payload
+    outcome = SliceOutcome(slice=invocation.slice, attempt=invocation.attempt, token=invocation.callback_token,
+                           status="failed", error=record.reason[:4096], retryable=True)  # fmt: skip
+    try:
+        verdict, status = apply(invocation.job_id, outcome)
+    except HttpError as e:
+        return {"verdict": "rejected", "reason": e.message}
+    # QueueUnavailable propagates: the destination invocation fails and Lambda retries it
+    return {"verdict": str(verdict), "job_status": status}
+
+
+def _json(value: Any) -> str:
+    return json.dumps(value, separators=(",", ":"), allow_nan=False)
+
+
+def _log(verdict: OutcomeVerdict, error: str | None) -> None:
+    if verdict in (OutcomeVerdict.STALE, OutcomeVerdict.DUPLICATE, OutcomeVerdict.INACTIVE):
+        logger.info("callback ignored", extra={"verdict": verdict})
+    elif verdict == OutcomeVerdict.COMPLETED:
+        logger.info("slice succeeded; job succeeded")
+    elif verdict == OutcomeVerdict.APPLIED:
+        logger.info("slice succeeded")
+    elif verdict == OutcomeVerdict.RETRYING:
+        logger.info("slice failed; retrying", extra={"error": error})
+    elif verdict == OutcomeVerdict.DEAD:
+        logger.info("slice failed; job dead-lettered", extra={"error": error})

