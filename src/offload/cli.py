@@ -56,7 +56,7 @@ def _parser() -> argparse.ArgumentParser:
 
     command("worker", cmd_worker, "run the worker against REDIS_URL (the Fargate task's process)")
 
-    submit = command("submit", cmd_submit, "submit a job file ({\"type\": ..., \"payload\": ...}) or - for stdin")
+    submit = command("submit", cmd_submit, 'submit a job file ({"type": ..., "payload": ...}) or - for stdin')
     submit.add_argument("file")
     submit.add_argument("--api", default=os.environ.get("OFFLOAD_API_URL", DEFAULT_API))
     submit.add_argument("--wait", action="store_true", help="poll until the job ends")
@@ -79,7 +79,7 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _print(args: argparse.Namespace, data: Any, text: str) -> None:
-    print(json.dumps(data, indent=2, default=str) if args.json else text)
+    print(json.dumps(data, default=str) if args.json else text)
 
 
 def _fail(args: argparse.Namespace, message: str) -> None:
@@ -108,8 +108,13 @@ def cmd_local_up(args: argparse.Namespace) -> int:
     assert stack.worker is not None
     try:
         stack.worker.install_signal_handlers()
-        message = f"offload local stack ready at {stack.url} (outputs in {stack.output_dir})"
-        _print(args, {"status": "ready", "url": stack.url, "output_dir": str(stack.output_dir)}, message)
+        redis_url = os.environ["REDIS_URL"]
+        message = f"offload local stack ready at {stack.url} (Redis {redis_url}, outputs in {stack.output_dir})"
+        _print(
+            args,
+            {"status": "ready", "url": stack.url, "redis_url": redis_url, "output_dir": str(stack.output_dir)},
+            message,
+        )
         sys.stdout.flush()
         stack.worker.run()
     finally:
@@ -125,8 +130,10 @@ def cmd_local_run(args: argparse.Namespace) -> int:
     if not images:
         raise OffloadError(f"no .png or .jpg images in {args.images}")
     sizes = [int(s) for s in args.sizes.split(",") if s.strip()]
-    job = {"type": "thumbnail", "payload": {"images": [p.as_uri() for p in images], "sizes": sizes,
-                                             "format": args.format}}  # fmt: skip
+    job = {
+        "type": "thumbnail",
+        "payload": {"images": [p.as_uri() for p in images], "sizes": sizes, "format": args.format},
+    }
 
     stack = LocalStack(port=0, state_dir=args.state_dir, input_root=args.images.resolve())
     stack.start()
@@ -144,14 +151,24 @@ def cmd_local_run(args: argparse.Namespace) -> int:
         stack.stop()
 
     problems = _check_thumbnails(view, sizes) if view["status"] == "succeeded" else [view.get("error") or "failed"]
-    summary = {"job_id": view["job_id"], "status": view["status"], "elapsed_s": round(elapsed, 2),
-               "output_dir": str(stack.output_dir / view["job_id"]), "problems": problems, "job": view}  # fmt: skip
-    lines = [f"job {view['job_id']}: {view['status']} in {elapsed:.1f} s "
-             f"({view['slices']['succeeded']}/{view['slices']['total']} slices)"]  # fmt: skip
+    summary = {
+        "job_id": view["job_id"],
+        "status": view["status"],
+        "elapsed_s": round(elapsed, 2),
+        "output_dir": str(stack.output_dir / view["job_id"]),
+        "problems": problems,
+        "job": view,
+    }
+    lines = [
+        f"job {view['job_id']}: {view['status']} in {elapsed:.1f} s "
+        f"({view['slices']['succeeded']}/{view['slices']['total']} slices)"
+    ]
     for item in view.get("result") or []:
         for thumb in item["thumbnails"]:
-            lines.append(f"  {Path(item['image']).name:<24} {thumb['size']:>5} px -> {thumb['width']}x{thumb['height']}"
-                         f" {thumb['bytes']:>7} B  {thumb['uri']}")  # fmt: skip
+            lines.append(
+                f"  {Path(item['image']).name:<24} {thumb['size']:>5} px -> {thumb['width']}x{thumb['height']}"
+                f" {thumb['bytes']:>7} B  {thumb['uri']}"
+            )
     lines.append(f"thumbnails are in {summary['output_dir']}")
     lines += [f"problem: {p}" for p in problems]
     _print(args, summary, "\n".join(lines))
@@ -181,8 +198,9 @@ def _check_thumbnails(view: dict[str, Any], sizes: list[int]) -> list[str]:
 
 def _http(method: str, url: str, body: Any = None, headers: dict[str, str] | None = None) -> tuple[int, Any, Any]:
     data = json.dumps(body).encode() if body is not None else None
-    request = urllib.request.Request(url, data=data, method=method,
-                                     headers={"Content-Type": "application/json", **(headers or {})})  # fmt: skip
+    request = urllib.request.Request(
+        url, data=data, method=method, headers={"Content-Type": "application/json", **(headers or {})}
+    )
     try:
         with urllib.request.urlopen(request, timeout=10) as response:
             return response.status, json.load(response), response.headers
@@ -222,8 +240,9 @@ def cmd_worker(args: argparse.Namespace) -> int:
     settings = config.settings()
     dispatcher = None
     if settings.compute_function:
-        client = boto3.client("lambda", config=Config(retries={"max_attempts": 1},
-                                                      max_pool_connections=settings.dispatch_concurrency))  # fmt: skip
+        client = boto3.client(
+            "lambda", config=Config(retries={"max_attempts": 1}, max_pool_connections=settings.dispatch_concurrency)
+        )
         dispatcher = Dispatcher(
             LambdaInvoker(client, settings.compute_function),
             queue_name=settings.queue,
@@ -283,8 +302,16 @@ def cmd_dlq_list(args: argparse.Namespace) -> int:
     for job_id in queue.dead_job_ids(args.limit):
         job = queue.get(job_id)
         if job is not None:
-            rows.append({"job_id": job_id, "type": job.type, "tenant": job.tenant, "error": job.error,
-                         "attempts": job.attempts, "finished_ms": job.finished_ms})  # fmt: skip
+            rows.append(
+                {
+                    "job_id": job_id,
+                    "type": job.type,
+                    "tenant": job.tenant,
+                    "error": job.error,
+                    "attempts": job.attempts,
+                    "finished_ms": job.finished_ms,
+                }
+            )
     text = "\n".join(f"{r['job_id']}  {r['type']:<10} {r['error']}" for r in rows) or "the dead-letter list is empty"
     _print(args, rows, text)
     return 0
@@ -299,14 +326,24 @@ def cmd_dlq_replay(args: argparse.Namespace) -> int:
 
 def cmd_stats(args: argparse.Namespace) -> int:
     stats = _queue().stats()
-    data = {"queue": stats.queue, "depth": stats.depth, "in_flight": stats.in_flight, "retrying": stats.delayed,
-            "dead": stats.dead, "slices_ready": stats.slices_ready, "workers_alive": stats.workers_alive,
-            "oldest_queued_age_s": stats.oldest_queued_age_s, "counts": stats.counts,
-            "balanced": stats.balanced}  # fmt: skip
+    data = {
+        "queue": stats.queue,
+        "depth": stats.depth,
+        "in_flight": stats.in_flight,
+        "retrying": stats.delayed,
+        "dead": stats.dead,
+        "slices_ready": stats.slices_ready,
+        "workers_alive": stats.workers_alive,
+        "oldest_queued_age_s": stats.oldest_queued_age_s,
+        "counts": stats.counts,
+        "balanced": stats.balanced,
+    }
     oldest = f"{stats.oldest_queued_age_s:.1f}" if stats.oldest_queued_age_s is not None else "-"
     header = f"{'queue':<12} {'depth':>7} {'in flight':>9} {'retrying':>8} {'dead':>6} {'workers':>7} {'oldest s':>8}"
-    row = (f"{stats.queue:<12} {stats.depth:>7} {stats.in_flight:>9} {stats.delayed:>8} {stats.dead:>6} "
-           f"{stats.workers_alive:>7} {oldest:>8}")  # fmt: skip
+    row = (
+        f"{stats.queue:<12} {stats.depth:>7} {stats.in_flight:>9} {stats.delayed:>8} {stats.dead:>6} "
+        f"{stats.workers_alive:>7} {oldest:>8}"
+    )
     counts = "  ".join(f"{k}={v}" for k, v in sorted(stats.counts.items()))
     _print(args, data, f"{header}\n{row}\ncounts: {counts}\naccepted = sum of statuses: {stats.balanced}")
     return 0

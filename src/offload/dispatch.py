@@ -19,11 +19,19 @@ from offload.models import SliceInvocation
 log = logging.getLogger(__name__)
 
 # invoke() errors worth another try: Lambda throttling, its own faults, and the network.
-_RETRYABLE_CODES = frozenset({
-    "TooManyRequestsException", "ThrottlingException", "ServiceException", "EC2ThrottledException",
-    "ResourceNotReadyException", "ResourceConflictException", "SnapStartNotReadyException",
-    "ENILimitReachedException", "RequestTimeout",
-})  # fmt: skip
+_RETRYABLE_CODES = frozenset(
+    {
+        "TooManyRequestsException",
+        "ThrottlingException",
+        "ServiceException",
+        "EC2ThrottledException",
+        "ResourceNotReadyException",
+        "ResourceConflictException",
+        "SnapStartNotReadyException",
+        "ENILimitReachedException",
+        "RequestTimeout",
+    }
+)
 
 
 class Invoker(Protocol):
@@ -112,9 +120,14 @@ class Dispatcher:
         payload = self.event(item)
         if len(payload) > self.max_payload_bytes:
             # Lambda would refuse it; say so in the job rather than as an invoke error
-            return DispatchResult(item, DispatchFailed(
-                f"slice input is {len(payload)} bytes, over the {self.max_payload_bytes}-byte asynchronous "
-                "invocation limit; pass large inputs by reference (an s3:// URI)", retryable=False))  # fmt: skip
+            return DispatchResult(
+                item,
+                DispatchFailed(
+                    f"slice input is {len(payload)} bytes, over the {self.max_payload_bytes}-byte asynchronous "
+                    "invocation limit; pass large inputs by reference (an s3:// URI)",
+                    retryable=False,
+                ),
+            )
         try:
             self.invoker.invoke_async(payload)
         except DispatchFailed as e:

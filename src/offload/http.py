@@ -112,19 +112,25 @@ def validate(model: type[M], data: Any, *, prefix: tuple[str | int, ...] = ()) -
     try:
         return model.model_validate(data)
     except ValidationError as e:
-        raise HttpError(422, "invalid_request", "the request does not match the schema",
-                        details=field_errors(e, prefix)) from None  # fmt: skip
+        raise HttpError(
+            422, "invalid_request", "the request does not match the schema", details=field_errors(e, prefix)
+        ) from None
 
 
 def field_errors(error: ValidationError, prefix: tuple[str | int, ...] = ()) -> list[dict[str, Any]]:
     return [
-        {"path": ".".join(str(p) for p in (*prefix, *item["loc"])) or "(body)", "message": item["msg"],
-         "type": item["type"]}
+        {
+            "path": ".".join(str(p) for p in (*prefix, *item["loc"])) or "(body)",
+            "message": item["msg"],
+            "type": item["type"],
+        }
         for item in error.errors(include_url=False, include_input=False)
-    ]  # fmt: skip
+    ]
 
 
-def respond(status: int, body: BaseModel | Mapping[str, Any], headers: Mapping[str, str] | None = None) -> dict[str, Any]:
+def respond(
+    status: int, body: BaseModel | Mapping[str, Any], headers: Mapping[str, str] | None = None
+) -> dict[str, Any]:
     text = body.model_dump_json() if isinstance(body, BaseModel) else json.dumps(body)
     return {
         "statusCode": status,

@@ -1,8 +1,9 @@
 """Every Redis key offload uses, and how long each one lives.
 
 All keys of one queue share the hash tag ``{<queue>}`` so that every script touches a
-single cluster slot and runs unchanged on cluster-mode Redis (ElastiCache Serverless). How long finished records live is a setting
-(``config.Settings.*_ttl_s``); the scripts apply it with EXPIRE when a job ends.
+single cluster slot and runs unchanged on cluster-mode Redis (ElastiCache Serverless).
+How long finished records live is a setting (``config.Settings.*_ttl_s``); the scripts
+apply it with EXPIRE when a job ends.
 """
 
 from __future__ import annotations

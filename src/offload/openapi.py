@@ -22,13 +22,17 @@ def _schemas(*models: type[BaseModel]) -> dict[str, Any]:
 
 
 def _error(description: str) -> dict[str, Any]:
-    return {"description": description,
-            "content": {"application/json": {"schema": {"$ref": _REF_TEMPLATE.format(model="ErrorBody")}}}}  # fmt: skip
+    return {
+        "description": description,
+        "content": {"application/json": {"schema": {"$ref": _REF_TEMPLATE.format(model="ErrorBody")}}},
+    }
 
 
 def _json(model: str, description: str) -> dict[str, Any]:
-    return {"description": description,
-            "content": {"application/json": {"schema": {"$ref": _REF_TEMPLATE.format(model=model)}}}}  # fmt: skip
+    return {
+        "description": description,
+        "content": {"application/json": {"schema": {"$ref": _REF_TEMPLATE.format(model=model)}}},
+    }
 
 
 def document() -> dict[str, Any]:
@@ -36,38 +40,74 @@ def document() -> dict[str, Any]:
     schemas = _schemas(JobRequest, JobAccepted, JobView, ErrorBody, SliceOutcome)
     for name, model in payload_models.items():
         schemas[f"{name}_payload"] = model.model_json_schema(ref_template=_REF_TEMPLATE)
-    job_id = {"name": "job_id", "in": "path", "required": True, "schema": {"type": "string", "pattern": "^[0-9a-f]{32}$"}}
+    job_id = {
+        "name": "job_id",
+        "in": "path",
+        "required": True,
+        "schema": {"type": "string", "pattern": "^[0-9a-f]{32}$"},
+    }
     return {
         "openapi": "3.1.0",
         "info": {"title": "offload", "version": "1", "description": "Submit heavy work; poll for its result."},
         "paths": {
-            "/jobs": {"post": {
-                "summary": "Submit a job", "operationId": "submitJob",
-                "parameters": [{"name": "Idempotency-Key", "in": "header", "required": False,
-                                "schema": {"type": "string", "maxLength": 128}}],
-                "requestBody": {"required": True, "content": {"application/json": {
-                    "schema": {"$ref": _REF_TEMPLATE.format(model="JobRequest")}}}},
-                "responses": {
-                    "202": _json("JobAccepted", "Accepted; poll the Location header"),
-                    "400": _error("Malformed JSON or empty body"), "409": _error("Idempotency-Key reused"),
-                    "413": _error("Body too large"), "415": _error("Not JSON"),
-                    "422": _error("Schema violation or unknown job type"),
-                    "429": _error("Backlog full; see Retry-After"), "503": _error("Queue unavailable; see Retry-After"),
-                },
-            }},
-            "/jobs/{job_id}": {"get": {
-                "summary": "A job's status and result", "operationId": "getJob", "parameters": [job_id],
-                "responses": {"200": _json("JobView", "The job"), "404": _error("No such job"),
-                              "503": _error("Queue unavailable")},
-            }},
-            "/callbacks/{job_id}": {"post": {
-                "summary": "Slice outcome from the compute function (SigV4, AWS_IAM)", "operationId": "callback",
-                "parameters": [job_id],
-                "requestBody": {"required": True, "content": {"application/json": {
-                    "schema": {"$ref": _REF_TEMPLATE.format(model="SliceOutcome")}}}},
-                "responses": {"200": {"description": "Applied or ignored (duplicate, stale)"},
-                              "403": _error("Bad signature or token"), "404": _error("No such job or slice")},
-            }},
+            "/jobs": {
+                "post": {
+                    "summary": "Submit a job",
+                    "operationId": "submitJob",
+                    "parameters": [
+                        {
+                            "name": "Idempotency-Key",
+                            "in": "header",
+                            "required": False,
+                            "schema": {"type": "string", "maxLength": 128},
+                        }
+                    ],
+                    "requestBody": {
+                        "required": True,
+                        "content": {"application/json": {"schema": {"$ref": _REF_TEMPLATE.format(model="JobRequest")}}},
+                    },
+                    "responses": {
+                        "202": _json("JobAccepted", "Accepted; poll the Location header"),
+                        "400": _error("Malformed JSON or empty body"),
+                        "409": _error("Idempotency-Key reused"),
+                        "413": _error("Body too large"),
+                        "415": _error("Not JSON"),
+                        "422": _error("Schema violation or unknown job type"),
+                        "429": _error("Backlog full; see Retry-After"),
+                        "503": _error("Queue unavailable; see Retry-After"),
+                    },
+                }
+            },
+            "/jobs/{job_id}": {
+                "get": {
+                    "summary": "A job's status and result",
+                    "operationId": "getJob",
+                    "parameters": [job_id],
+                    "responses": {
+                        "200": _json("JobView", "The job"),
+                        "404": _error("No such job"),
+                        "503": _error("Queue unavailable"),
+                    },
+                }
+            },
+            "/callbacks/{job_id}": {
+                "post": {
+                    "summary": "Slice outcome from the compute function (SigV4, AWS_IAM)",
+                    "operationId": "callback",
+                    "parameters": [job_id],
+                    "requestBody": {
+                        "required": True,
+                        "content": {
+                            "application/json": {"schema": {"$ref": _REF_TEMPLATE.format(model="SliceOutcome")}}
+                        },
+                    },
+                    "responses": {
+                        "200": {"description": "Applied or ignored (duplicate, stale)"},
+                        "403": _error("Bad signature or token"),
+                        "404": _error("No such job or slice"),
+                    },
+                }
+            },
         },
         "components": {"schemas": schemas},
-    }  # fmt: skip
+    }

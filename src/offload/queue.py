@@ -116,14 +116,27 @@ class Queue:
 
     # -- master --------------------------------------------------------------------------
 
-    def enqueue(self, job: NewJob, *, idempotency_key: str = "", request_digest: str = "") -> EnqueueResult:
+    def enqueue(
+        self, job: NewJob, *, idempotency_key: str = "", request_digest: str = "", job_id: str = ""
+    ) -> EnqueueResult:
         """Store the job and push it, in one round trip (with the idempotency check and the
-        backlog limit in the same script, so neither can be raced)."""
-        job_id = new_job_id()
+        backlog limit in the same script, so neither can be raced). ``job_id`` is for
+        fixtures and imports only; the master always lets one be made."""
+        job_id = job_id or new_job_id()
         fields: list[Any] = [
-            "type", job.type, "tenant", job.tenant, "status", Status.QUEUED,
-            "payload", job.payload, "max_tries", job.max_tries, "created_ms", now_ms(),
-        ]  # fmt: skip
+            "type",
+            job.type,
+            "tenant",
+            job.tenant,
+            "status",
+            Status.QUEUED,
+            "payload",
+            job.payload,
+            "max_tries",
+            job.max_tries,
+            "created_ms",
+            now_ms(),
+        ]
         if job.trace:
             fields += ["trace", job.trace]
         idem_key = self.keys.idempotency(job.tenant, idempotency_key) if idempotency_key else self.keys.base
@@ -133,8 +146,13 @@ class Queue:
                 scripts.call(
                     "enqueue",
                     [self.keys.job(job_id), self.keys.queued, self.keys.counts, idem_key],
-                    [job_id, self.settings.max_backlog, request_digest if idempotency_key else "",
-                     self.settings.idempotency_ttl_s, *fields],
+                    [
+                        job_id,
+                        self.settings.max_backlog,
+                        request_digest if idempotency_key else "",
+                        self.settings.idempotency_ttl_s,
+                        *fields,
+                    ],
                 ),
             )
         if verdict == EnqueueVerdict.SHED:
@@ -143,12 +161,12 @@ class Queue:
 
     def get(self, job_id: str) -> JobRecord | None:
         with redis_guard():
-            h = self.client.hgetall(self.keys.job(job_id))
+            h: dict[str, str] = self.client.hgetall(self.keys.job(job_id))  # type: ignore[assignment]
         return JobRecord.from_hash(job_id, h) if h else None
 
     def slice_states(self, job_id: str) -> dict[int, str]:
         with redis_guard():
-            h = self.client.hgetall(self.keys.slices(job_id))
+            h: dict[str, str] = self.client.hgetall(self.keys.slices(job_id))  # type: ignore[assignment]
         return {int(k.split(":")[0]): v for k, v in h.items() if k.endswith(":st")}
 
     # -- worker: jobs --------------------------------------------------------------------
@@ -178,11 +196,16 @@ class Queue:
         with redis_guard():
             *ack_results, rows = scripts.run_all(self.client, [*acks, self.take_call(worker_id, max_jobs)])
             if not rows and block_s > 0:
+                # Redis takes fractional seconds here, whatever redis-py's annotation says
                 moved = self.client.blmove(
-                    self.keys.queued, self.keys.processing(worker_id), block_s, "RIGHT", "LEFT"
+                    self.keys.queued,
+                    self.keys.processing(worker_id),
+                    block_s,  # type: ignore[arg-type]
+                    "RIGHT",
+                    "LEFT",
                 )
                 if moved:
-                    rows = scripts.run(self.client, self.take_call(worker_id, max_jobs, moved))
+                    rows = scripts.run(self.client, self.take_call(worker_id, max_jobs, str(moved)))
         return [_taken_job(row) for row in rows], ack_results
 
     def finish_call(self, worker_id: str, job_id: str, result_json: str) -> scripts.ScriptCall:
@@ -200,9 +223,17 @@ class Queue:
         return scripts.call(
             "fail",
             [self.keys.processing(worker_id), self.keys.counts],
-            [self.keys.base, job.job_id, reason, "1" if retryable else "0", at, backoff_ms,
-             self.settings.dead_job_ttl_s, entry],
-        )  # fmt: skip
+            [
+                self.keys.base,
+                job.job_id,
+                reason,
+                "1" if retryable else "0",
+                at,
+                backoff_ms,
+                self.settings.dead_job_ttl_s,
+                entry,
+            ],
+        )
 
     def requeue(self, worker_id: str, job_id: str) -> str:
         with redis_guard():
@@ -274,11 +305,21 @@ class Queue:
                 scripts.call(
                     "apply_outcome",
                     [self.keys.counts, self.keys.deadlines],
-                    [self.keys.base, job_id, slice_index, attempt, "succeeded" if succeeded else "failed",
-                     result_json if succeeded else reason, "1" if retryable else "0", now_ms(), backoff_ms,
-                     self.settings.finished_job_ttl_s, self.settings.dead_job_ttl_s],
+                    [
+                        self.keys.base,
+                        job_id,
+                        slice_index,
+                        attempt,
+                        "succeeded" if succeeded else "failed",
+                        result_json if succeeded else reason,
+                        "1" if retryable else "0",
+                        now_ms(),
+                        backoff_ms,
+                        self.settings.finished_job_ttl_s,
+                        self.settings.dead_job_ttl_s,
+                    ],
                 ),
-            )  # fmt: skip
+            )
         return OutcomeVerdict(verdict), status
 
     # -- recovery ------------------------------------------------------------------------
@@ -296,7 +337,7 @@ class Queue:
 
     def dead_job_ids(self, limit: int = 100) -> list[str]:
         with redis_guard():
-            return list(self.client.lrange(self.keys.dead, 0, limit - 1))
+            return [str(job_id) for job_id in self.client.lrange(self.keys.dead, 0, limit - 1)]
 
     def heartbeat(self, worker_id: str) -> bool:
         """Extend this worker's lease; False if it had run out (its jobs went back)."""
@@ -304,9 +345,7 @@ class Queue:
         with redis_guard():
             kept = scripts.run(
                 self.client,
-                scripts.call(
-                    "heartbeat", [self.keys.workers], [worker_id, at + int(self.settings.lease_s * 1000), at]
-                ),
+                scripts.call("heartbeat", [self.keys.workers], [worker_id, at + int(self.settings.lease_s * 1000), at]),
             )
         return bool(kept)
 
@@ -321,12 +360,24 @@ class Queue:
                 self.client,
                 scripts.call(
                     "reap",
-                    [self.keys.workers, self.keys.queued, self.keys.slices_ready, self.keys.counts,
-                     self.keys.deadlines, self.keys.delayed],
-                    [self.keys.base, now_ms(), self.settings.max_stalls, limit, backoff_ms,
-                     self.settings.dead_job_ttl_s],
+                    [
+                        self.keys.workers,
+                        self.keys.queued,
+                        self.keys.slices_ready,
+                        self.keys.counts,
+                        self.keys.deadlines,
+                        self.keys.delayed,
+                    ],
+                    [
+                        self.keys.base,
+                        now_ms(),
+                        self.settings.max_stalls,
+                        limit,
+                        backoff_ms,
+                        self.settings.dead_job_ttl_s,
+                    ],
                 ),
-            )  # fmt: skip
+            )
         return ReapReport(*(int(x) for x in row))
 
     def adopt_orphans(self) -> int:
@@ -335,7 +386,7 @@ class Queue:
         adopted = 0
         with redis_guard():
             for key in self.client.scan_iter(match=self.keys.processing_prefix + "*", count=500):
-                worker_id = key[len(self.keys.processing_prefix):]
+                worker_id = key[len(self.keys.processing_prefix) :]
                 if self.client.zadd(self.keys.workers, {worker_id: 0}, nx=True):
                     adopted += 1
         return adopted

@@ -62,8 +62,9 @@ def verify(
     if "host" not in signed_names:
         return "the Host header must be signed"
 
-    request = AWSRequest(method=method, url=url, data=body,
-                         headers={name: headers.get(name, "") for name in signed_names})  # fmt: skip
+    request = AWSRequest(
+        method=method, url=url, data=body, headers={name: headers.get(name, "") for name in signed_names}
+    )
     request.context["timestamp"] = stamp
     auth = SigV4Auth(Credentials(match["key"], secret), SERVICE, match["region"])
     # botocore signs every header it is given; only the signed ones were passed above
@@ -73,8 +74,6 @@ def verify(
     if not hmac.compare_digest(expected, match["signature"]):
         return "signature does not match the request"
     return None
-
-
 
 
 def access_key(authorization: str) -> str:

@@ -23,13 +23,14 @@ def _split(uri: str) -> tuple[str, str, str]:
 
 
 def local_path(uri: str, root: str) -> Path:
-    """The file a ``file://`` URI names, refusing anything outside ``root``."""
+    """The file a ``file://`` URI names, refusing anything outside ``root`` (symlinks resolved)."""
     scheme, host, path = _split(uri)
     if scheme != "file" or host not in ("", "localhost"):
         raise SliceFailed(f"{uri}: not a local file URI")
     if not root:
         raise SliceFailed(f"{uri}: file:// input is disabled (no OFFLOAD_INPUT_ROOT)")
-    resolved = Path(os.path.realpath(path))
+    # ``file:relative/path`` (no slashes after the colon) is relative to the root
+    resolved = Path(os.path.realpath(os.path.join(root, path)))
     if not resolved.is_relative_to(Path(os.path.realpath(root))):
         raise SliceFailed(f"{uri}: outside the allowed input folder")
     return resolved

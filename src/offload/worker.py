@@ -227,17 +227,26 @@ class Worker:
                 return
             for outcome in self.dispatcher.dispatch(slices):
                 item, error = outcome.slice, outcome.error
-                keys = {"job_id": item.job_id, "job_type": item.type, "tenant": item.tenant,
-                        "slice_id": item.slice, "attempt": item.attempt}  # fmt: skip
+                keys = {
+                    "job_id": item.job_id,
+                    "job_type": item.type,
+                    "tenant": item.tenant,
+                    "slice_id": item.slice,
+                    "attempt": item.attempt,
+                }
                 if error is None:
                     logger.info("slice dispatched", extra=keys)
                     continue
                 logger.warning("slice dispatch failed", extra={**keys, "error": error.reason})
                 self.queue.apply_outcome(
-                    item.job_id, item.slice, item.attempt, succeeded=False, reason=error.reason,
+                    item.job_id,
+                    item.slice,
+                    item.attempt,
+                    succeeded=False,
+                    reason=error.reason,
                     retryable=error.retryable,
                     backoff_ms=backoff_ms(item.attempt, self.settings.retry_base_s, self.settings.retry_max_s),
-                )  # fmt: skip
+                )
             self.queue.release_slices(self.worker_id, [s.ref for s in slices])
             if len(slices) < batch:
                 return
@@ -269,6 +278,12 @@ class Worker:
     def _reap(self) -> None:
         report = self.queue.reap(backoff_ms=int(self.settings.retry_base_s * 1000))
         if report.jobs_recovered or report.slices_recovered or report.jobs_lost or report.slices_timed_out:
-            logger.warning("reaper recovered work", extra={
-                "jobs_recovered": report.jobs_recovered, "slices_recovered": report.slices_recovered,
-                "jobs_dead_worker_lost": report.jobs_lost, "slices_no_callback": report.slices_timed_out})  # fmt: skip
+            logger.warning(
+                "reaper recovered work",
+                extra={
+                    "jobs_recovered": report.jobs_recovered,
+                    "slices_recovered": report.slices_recovered,
+                    "jobs_dead_worker_lost": report.jobs_lost,
+                    "slices_no_callback": report.slices_timed_out,
+                },
+            )

@@ -39,9 +39,15 @@ def make_thumbnails(context: SliceContext, slice_input: dict[str, Any]) -> dict[
         name = f"{context.job_id}/{context.slice:04d}-{stem}-{size}.{_EXTENSIONS[spec.format]}"
         uri = write_bytes(conf.output_uri, name, encoded, _CONTENT_TYPES[spec.format])
         outputs.append(
-            {"size": size, "uri": uri, "width": width, "height": height, "bytes": len(encoded),
-             "sha256": hashlib.sha256(encoded).hexdigest()}
-        )  # fmt: skip
+            {
+                "size": size,
+                "uri": uri,
+                "width": width,
+                "height": height,
+                "bytes": len(encoded),
+                "sha256": hashlib.sha256(encoded).hexdigest(),
+            }
+        )
     return {"image": spec.image, "source": {"width": image.width, "height": image.height}, "thumbnails": outputs}
 
 
@@ -53,9 +59,7 @@ def _decode(uri: str, data: bytes, max_pixels: int) -> Image.Image:
             image = Image.open(io.BytesIO(data))
             width, height = image.size
             if width * height > max_pixels:
-                raise SliceFailed(
-                    f"{uri}: {width}x{height} is {width * height} pixels, over the limit of {max_pixels}"
-                )
+                raise SliceFailed(f"{uri}: {width}x{height} is {width * height} pixels, over the limit of {max_pixels}")
             image.load()
     except SliceFailed:
         raise

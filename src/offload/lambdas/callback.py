@@ -51,8 +51,14 @@ def handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
         return error_response(e)
     except QueueUnavailable as e:
         logger.warning("queue unavailable; answering 503", extra={"reason": str(e)})
-        return error_response(HttpError(503, "queue_unavailable", "the job store is unavailable; retry later",
-                                        headers={"Retry-After": str(SETTINGS.retry_after_s)}))  # fmt: skip
+        return error_response(
+            HttpError(
+                503,
+                "queue_unavailable",
+                "the job store is unavailable; retry later",
+                headers={"Retry-After": str(SETTINGS.retry_after_s)},
+            )
+        )
     if verdict == OutcomeVerdict.UNKNOWN:
         return error_response(HttpError(404, "job_not_found", f"no job {job_id!r} with slice {outcome.slice}"))
     return respond(200, {"verdict": verdict, "job_status": status})
@@ -89,8 +95,14 @@ def on_failure_record(event: dict[str, Any]) -> dict[str, Any]:
         logger.error("unreadable OnFailure record dropped", extra={"errors": e.errors(include_url=False)})
         return {"verdict": "rejected"}
     invocation: SliceInvocation = record.request_payload
-    outcome = SliceOutcome(slice=invocation.slice, attempt=invocation.attempt, token=invocation.callback_token,
-                           status="failed", error=record.reason[:4096], retryable=True)  # fmt: skip
+    outcome = SliceOutcome(
+        slice=invocation.slice,
+        attempt=invocation.attempt,
+        token=invocation.callback_token,
+        status="failed",
+        error=record.reason[:4096],
+        retryable=True,
+    )
     try:
         verdict, status = apply(invocation.job_id, outcome)
     except HttpError as e:

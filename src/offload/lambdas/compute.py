@@ -37,8 +37,9 @@ def handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
         # Nobody to report to without a callback URL: log it and do not retry.
         logger.error("malformed compute event dropped", extra={"errors": e.errors(include_url=False)})
         return {"status": "rejected", "reason": "malformed event"}
-    logger.append_keys(job_id=invocation.job_id, job_type=invocation.type, slice_id=invocation.slice,
-                       attempt=invocation.attempt)  # fmt: skip
+    logger.append_keys(
+        job_id=invocation.job_id, job_type=invocation.type, slice_id=invocation.slice, attempt=invocation.attempt
+    )
 
     outcome = run_slice(invocation)
     deliver(invocation, outcome)
@@ -47,7 +48,11 @@ def handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
 
 
 def run_slice(invocation: SliceInvocation) -> SliceOutcome:
-    base = {"slice": invocation.slice, "attempt": invocation.attempt, "token": invocation.callback_token}
+    base: dict[str, Any] = {
+        "slice": invocation.slice,
+        "attempt": invocation.attempt,
+        "token": invocation.callback_token,
+    }
     try:
         compute = registry.get(invocation.type).compute()
         result = compute(SliceContext(invocation.job_id, invocation.slice, invocation.attempt), invocation.input)

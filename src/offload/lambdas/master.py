@@ -15,6 +15,7 @@ from offload.connection import connect
 from offload.errors import QueueUnavailable, UnknownJobType
 from offload.handlers import registry
 from offload.http import HttpError, Request, caller_tenant, error_response, json_body, parse_event, respond, validate
+from offload.jobs import Status
 from offload.models import JobAccepted, JobRequest, JobView
 from offload.queue import EnqueueVerdict, NewJob, Queue
 
@@ -36,9 +37,13 @@ def handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
         logger.warning("queue unavailable; answering 503", extra={"reason": str(e)})
         retry_after = str(SETTINGS.retry_after_s)
         return error_response(
-            HttpError(503, "queue_unavailable", "the job queue is unavailable; retry later",
-                      headers={"Retry-After": retry_after})
-        )  # fmt: skip
+            HttpError(
+                503,
+                "queue_unavailable",
+                "the job queue is unavailable; retry later",
+                headers={"Retry-After": retry_after},
+            )
+        )
 
 
 def route(request: Request) -> dict[str, Any]:
@@ -67,18 +72,30 @@ def submit(request: Request) -> dict[str, Any]:
     digest = hashlib.sha256(json.dumps([body.type, payload_json, body.priority]).encode()).hexdigest()[:32]
 
     result = QUEUE.enqueue(
-        NewJob(type=body.type, payload=payload_json, tenant=tenant, max_tries=job_type.max_tries,
-               trace=os.environ.get("_X_AMZN_TRACE_ID", "")),
+        NewJob(
+            type=body.type,
+            payload=payload_json,
+            tenant=tenant,
+            max_tries=job_type.max_tries,
+            trace=os.environ.get("_X_AMZN_TRACE_ID", ""),
+        ),
         idempotency_key=idempotency_key,
         request_digest=digest,
-    )  # fmt: skip
+    )
     if result.verdict == EnqueueVerdict.SHED:
         logger.warning("backlog full; job shed", extra={"job_type": body.type, "tenant": tenant, "depth": result.depth})
-        raise HttpError(429, "backlog_full", f"the queue holds {result.depth} jobs, its limit; retry later",
-                        headers={"Retry-After": str(SETTINGS.retry_after_s)})  # fmt: skip
+        raise HttpError(
+            429,
+            "backlog_full",
+            f"the queue holds {result.depth} jobs, its limit; retry later",
+            headers={"Retry-After": str(SETTINGS.retry_after_s)},
+        )
     if result.verdict == EnqueueVerdict.CONFLICT:
-        raise HttpError(409, "idempotency_conflict",
-                        f"Idempotency-Key {idempotency_key!r} was used for a different request (job {result.job_id})")  # fmt: skip
+        raise HttpError(
+            409,
+            "idempotency_conflict",
+            f"Idempotency-Key {idempotency_key!r} was used for a different request (job {result.job_id})",
+        )
 
     location = f"/jobs/{result.job_id}"
     headers = {"Location": location}
@@ -89,7 +106,7 @@ def submit(request: Request) -> dict[str, Any]:
         extra={"job_id": result.job_id, "job_type": body.type, "tenant": tenant},
     )
     job = QUEUE.get(result.job_id) if result.verdict == EnqueueVerdict.DUPLICATE else None
-    status_now = job.status if job else "queued"
+    status_now = job.status if job else Status.QUEUED
     return respond(202, JobAccepted(job_id=result.job_id, status=status_now, location=location), headers)
 
 

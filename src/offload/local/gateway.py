@@ -87,7 +87,7 @@ class Gateway:
     @property
     def url(self) -> str:
         host, port = self.server.server_address[:2]
-        return f"http://{host}:{port}"
+        return f"http://{host!s}:{port}"
 
     def start(self) -> None:
         self._thread.start()
@@ -117,19 +117,19 @@ class Gateway:
                 break
         else:
             known = any(r.pattern.match(path) for r in ROUTES)
-            return self._send(http, 405 if known else 404,
-                              {"message": "Method Not Allowed" if known else "Not Found"})  # fmt: skip
+            return self._send(http, 405 if known else 404, {"message": "Method Not Allowed" if known else "Not Found"})
 
         headers = {name.lower(): value for name, value in http.headers.items()}
         identity: dict[str, Any] = {"sourceIp": http.client_address[0], "userAgent": headers.get("user-agent")}
         if "authorization" in headers or route.iam:
-            url = f"http://{headers.get('host', '')}{http.path}"
+            url = f"http://{headers.get('host', '')}{http.path!s}"
             problem = signing.verify(http.command, url, headers, body, self.credentials.get)
             if problem:
                 return self._send(http, 403, {"message": f"Forbidden: {problem}"})
             key = signing.access_key(headers["authorization"])
-            identity.update(accessKey=key, accountId=LOCAL_ACCOUNT, caller=key,
-                            userArn=f"arn:aws:iam::{LOCAL_ACCOUNT}:user/{key}")  # fmt: skip
+            identity.update(
+                accessKey=key, accountId=LOCAL_ACCOUNT, caller=key, userArn=f"arn:aws:iam::{LOCAL_ACCOUNT}:user/{key}"
+            )
         else:
             identity.update(caller="local")
 
@@ -139,9 +139,15 @@ class Gateway:
         self._reply(http, response)
 
     def _event(
-        self, http: BaseHTTPRequestHandler, route: Route, params: dict[str, str], path: str, query: str,
-        body: bytes, identity: dict[str, Any],
-    ) -> dict[str, Any]:  # fmt: skip
+        self,
+        http: BaseHTTPRequestHandler,
+        route: Route,
+        params: dict[str, str],
+        path: str,
+        query: str,
+        body: bytes,
+        identity: dict[str, Any],
+    ) -> dict[str, Any]:
         multi: dict[str, list[str]] = {}
         for name, value in http.headers.items():
             multi.setdefault(name, []).append(value)
@@ -162,12 +168,17 @@ class Gateway:
             "pathParameters": params or None,
             "stageVariables": None,
             "requestContext": {
-                "resourcePath": route.resource, "httpMethod": http.command, "path": path, "stage": "local",
-                "requestId": request_id, "identity": identity, "accountId": LOCAL_ACCOUNT,
+                "resourcePath": route.resource,
+                "httpMethod": http.command,
+                "path": path,
+                "stage": "local",
+                "requestId": request_id,
+                "identity": identity,
+                "accountId": LOCAL_ACCOUNT,
             },
             "body": text if body or http.command != "GET" else None,
             "isBase64Encoded": encoded,
-        }  # fmt: skip
+        }
 
     def _reply(self, http: BaseHTTPRequestHandler, response: dict[str, Any]) -> None:
         body = response.get("body") or ""
@@ -180,5 +191,6 @@ class Gateway:
         http.wfile.write(data)
 
     def _send(self, http: BaseHTTPRequestHandler, status: int, body: dict[str, Any]) -> None:
-        self._reply(http, {"statusCode": status, "headers": {"Content-Type": "application/json"},
-                           "body": json.dumps(body)})  # fmt: skip
+        self._reply(
+            http, {"statusCode": status, "headers": {"Content-Type": "application/json"}, "body": json.dumps(body)}
+        )

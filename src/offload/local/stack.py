@@ -80,19 +80,21 @@ class LocalStack:
         self.output_dir.mkdir(parents=True, exist_ok=True)
         # Every component reads its settings from the environment, as in Lambda and Fargate;
         # the compute processes inherit it.
-        os.environ.update({
-            "REDIS_URL": redis_url,
-            "OFFLOAD_CALLBACK_BASE_URL": self.gateway.url,
-            "OFFLOAD_CALLBACK_SECRET": os.environ.get("OFFLOAD_CALLBACK_SECRET") or secrets.token_urlsafe(32),
-            "OFFLOAD_OUTPUT_URI": self.output_dir.as_uri(),
-            "OFFLOAD_INPUT_ROOT": os.environ.get("OFFLOAD_INPUT_ROOT") or str(self.input_root),
-            "AWS_ACCESS_KEY_ID": LOCAL_ACCESS_KEY,
-            "AWS_SECRET_ACCESS_KEY": secret_key,
-            "AWS_REGION": "us-east-1",
-            "AWS_DEFAULT_REGION": "us-east-1",
-            "POWERTOOLS_TRACE_DISABLED": "true",
-            "POWERTOOLS_METRICS_NAMESPACE": os.environ.get("POWERTOOLS_METRICS_NAMESPACE", "offload-local"),
-        })  # fmt: skip
+        os.environ.update(
+            {
+                "REDIS_URL": redis_url,
+                "OFFLOAD_CALLBACK_BASE_URL": self.gateway.url,
+                "OFFLOAD_CALLBACK_SECRET": os.environ.get("OFFLOAD_CALLBACK_SECRET") or secrets.token_urlsafe(32),
+                "OFFLOAD_OUTPUT_URI": self.output_dir.as_uri(),
+                "OFFLOAD_INPUT_ROOT": os.environ.get("OFFLOAD_INPUT_ROOT") or str(self.input_root),
+                "AWS_ACCESS_KEY_ID": LOCAL_ACCESS_KEY,
+                "AWS_SECRET_ACCESS_KEY": secret_key,
+                "AWS_REGION": "us-east-1",
+                "AWS_DEFAULT_REGION": "us-east-1",
+                "POWERTOOLS_TRACE_DISABLED": "true",
+                "POWERTOOLS_METRICS_NAMESPACE": os.environ.get("POWERTOOLS_METRICS_NAMESPACE", "offload-local"),
+            }
+        )
         os.environ.pop("AWS_SESSION_TOKEN", None)
         os.environ.pop("AWS_PROFILE", None)
         config.settings.cache_clear()

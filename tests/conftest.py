@@ -1,0 +1,164 @@
+"""Test session: one real redis-server on a free loopback port, flushed before every test."""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+import json
+import os
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import pytest
+import redis
+
+from offload import config
+from offload.config import Settings
+from offload.connection import connect
+from offload.local.redis_server import RedisServer, start_redis
+from offload.queue import Queue
+
+REPO = Path(__file__).resolve().parent.parent
+EVENTS = REPO / "events"
+SAMPLES = REPO / "samples" / "images"
+# the key the tokens in events/ were made with (also in env.json, for sam local invoke)
+EVENTS_SECRET = "offload-local-events-secret"
+EVENTS_JOB_ID = "0123456789abcdef0123456789abcdef"
+
+
+@pytest.fixture(scope="session")
+def redis_server() -> Iterator[RedisServer]:
+    server = start_redis()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session", autouse=True)
+def environment(redis_server: RedisServer, tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
+    """What a deployed function would find in its environment, pointed at the test Redis."""
+    output = tmp_path_factory.mktemp("output")
+    env = {
+        "REDIS_URL": redis_server.url,
+        "OFFLOAD_CALLBACK_SECRET": EVENTS_SECRET,
+        "OFFLOAD_INPUT_ROOT": str(REPO),
+        "OFFLOAD_OUTPUT_URI": output.as_uri(),
+        "OFFLOAD_CALLBACK_BASE_URL": "http://127.0.0.1:9/unused",
+        "POWERTOOLS_TRACE_DISABLED": "true",
+        "POWERTOOLS_DEV": "false",
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",
+        "AWS_DEFAULT_REGION": "us-east-1",
+        "AWS_REGION": "us-east-1",
+    }
+    saved = {k: os.environ.get(k) for k in env}
+    for name in ("AWS_SESSION_TOKEN", "AWS_PROFILE", "OFFLOAD_CALLBACK_SECRET_ARN", "REDIS_AUTH_SECRET_ARN"):
+        os.environ.pop(name, None)
+    os.environ.update(env)
+    config.settings.cache_clear()
+    yield env
+    for k, v in saved.items():
+        if v is None:
+            os.environ.pop(k, None)
+        else:
+            os.environ[k] = v
+    config.settings.cache_clear()
+
+
+@pytest.fixture
+def r(redis_server: RedisServer) -> Iterator[redis.Redis]:
+    client = redis.Redis.from_url(redis_server.url, decode_responses=True)
+    yield client
+    client.close()
+
+
+@pytest.fixture(autouse=True)
+def _flush(redis_server: RedisServer) -> None:
+    client = redis.Redis.from_url(redis_server.url)
+    client.flushall()
+    client.close()
+
+
+@pytest.fixture
+def settings(environment: dict[str, str]) -> Settings:
+    """Fast timings so recovery paths run in test time."""
+    return dataclasses.replace(
+        Settings.from_env(),
+        lease_s=1.0,
+        heartbeat_s=0.2,
+        reaper_interval_s=0.2,
+        block_s=0.1,
+        retry_base_s=0.01,
+        retry_max_s=0.05,
+        shutdown_grace_s=2.0,
+    )
+
+
+@pytest.fixture
+def make_queue(settings: Settings) -> Callable[..., Queue]:
+    def build(**overrides: Any) -> Queue:
+        s = dataclasses.replace(settings, **overrides)
+        return Queue(connect(s, "worker"), s)
+
+    return build
+
+
+@pytest.fixture
+def queue(make_queue: Callable[..., Queue]) -> Queue:
+    return make_queue()
+
+
+def _lambda(name: str) -> ModuleType:
+    return importlib.import_module(f"offload.lambdas.{name}")
+
+
+@pytest.fixture
+def master(environment: dict[str, str]) -> ModuleType:
+    return _lambda("master")
+
+
+@pytest.fixture
+def callback(environment: dict[str, str]) -> ModuleType:
+    return _lambda("callback")
+
+
+@pytest.fixture
+def compute(environment: dict[str, str]) -> ModuleType:
+    return _lambda("compute")
+
+
+def load_event(name: str) -> dict[str, Any]:
+    return dict(json.loads((EVENTS / name).read_text()))
+
+
+def api_event(
+    method: str,
+    path: str,
+    body: Any = None,
+    *,
+    headers: dict[str, str] | None = None,
+    tenant: str = "arn:aws:iam::123456789012:user/tenant-a",
+    raw_body: str | None = None,
+) -> dict[str, Any]:
+    """An API Gateway REST proxy event, as the deployed API would send it."""
+    parts = path.strip("/").split("/")
+    resource, params = "/" + parts[0], None
+    if len(parts) == 2:
+        resource, params = f"/{parts[0]}/{{job_id}}", {"job_id": parts[1]}
+    hdrs = {"Content-Type": "application/json", **(headers or {})}
+    return {
+        "resource": resource,
+        "path": path,
+        "httpMethod": method,
+        "headers": hdrs,
+        "multiValueHeaders": {k: [v] for k, v in hdrs.items()},
+        "pathParameters": params,
+        "requestContext": {"requestId": "req-1", "identity": {"userArn": tenant}},
+        "body": raw_body if raw_body is not None else (json.dumps(body) if body is not None else None),
+        "isBase64Encoded": False,
+    }
+
+
+def body_of(response: dict[str, Any]) -> Any:
+    return json.loads(response["body"])
