@@ -55,6 +55,7 @@ class Settings:
     batch_size: int = 32
     shutdown_grace_s: float = 25.0
     dispatch_concurrency: int = 16
+    tenant_max_inflight: int = 64  # slices one tenant may have dispatched at once; 0 = no cap
     slice_timeout_s: float = 900.0
     retry_base_s: float = 1.0
     retry_max_s: float = 300.0
@@ -96,6 +97,7 @@ class Settings:
             batch_size=_int("OFFLOAD_BATCH_SIZE", d.batch_size),
             shutdown_grace_s=_float("OFFLOAD_SHUTDOWN_GRACE_S", d.shutdown_grace_s),
             dispatch_concurrency=_int("OFFLOAD_DISPATCH_CONCURRENCY", d.dispatch_concurrency),
+            tenant_max_inflight=_int("OFFLOAD_TENANT_MAX_INFLIGHT", d.tenant_max_inflight),
             slice_timeout_s=_float("OFFLOAD_SLICE_TIMEOUT_S", d.slice_timeout_s),
             retry_base_s=_float("OFFLOAD_RETRY_BASE_S", d.retry_base_s),
             retry_max_s=_float("OFFLOAD_RETRY_MAX_S", d.retry_max_s),

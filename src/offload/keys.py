@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 KEY_PREFIX = "offload"
+WAKE_MARKER = "~"
 
 
 @dataclass(frozen=True, slots=True)
@@ -25,8 +26,21 @@ class QueueKeys:
 
     @property
     def queued(self) -> str:
-        """List of job ids waiting for a worker (LPUSH in, BLMOVE out from the right)."""
+        """List of ``batch`` job ids waiting for a worker (LPUSH in, BLMOVE out from the right).
+
+        Workers block on this list; an ``interactive`` job pushed while it is empty also
+        leaves a wake-up marker (``WAKE_MARKER``) here, which the take script skips."""
         return f"{self.base}:queued"
+
+    @property
+    def queued_interactive(self) -> str:
+        """List of ``interactive`` job ids; taken first, three picks in every four."""
+        return f"{self.base}:queued:interactive"
+
+    @property
+    def picks(self) -> str:
+        """Counter of take slots handed out, which spaces the picks between the two classes."""
+        return f"{self.base}:picks"
 
     @property
     def delayed(self) -> str:
@@ -54,9 +68,18 @@ class QueueKeys:
         return f"{self.base}:deadlines"
 
     @property
-    def slices_ready(self) -> str:
-        """List of ``<job_id>/<slice>`` waiting to be dispatched to the compute function."""
-        return f"{self.base}:slices-ready"
+    def tenants(self) -> str:
+        """List used as a ring of the tenants that have slices ready; dispatch rotates it."""
+        return f"{self.base}:tenants"
+
+    def ready(self, tenant: str) -> str:
+        """List of one tenant's ``<job_id>/<slice>`` waiting to be dispatched."""
+        return f"{self.base}:ready:{tenant}"
+
+    @property
+    def inflight(self) -> str:
+        """Hash: tenant -> number of its slices dispatched and not yet called back."""
+        return f"{self.base}:inflight"
 
     def processing(self, worker_id: str) -> str:
         """List of job ids a worker holds; the worker's lease in ``workers`` guards it."""

@@ -18,7 +18,7 @@ from offload.config import Settings
 from offload.connection import RECONNECT_ERRORS
 from offload.errors import QueueUnavailable
 from offload.jobs import JobRecord, Status, TakenJob, TakenSlice
-from offload.keys import QueueKeys
+from offload.keys import WAKE_MARKER, QueueKeys
 
 
 def now_ms() -> int:
@@ -52,6 +52,7 @@ class NewJob:
     tenant: str
     max_tries: int
     trace: str = ""
+    priority: str = "batch"  # or "interactive": served first, three take slots in four
 
 
 @dataclass(frozen=True, slots=True)
@@ -95,6 +96,7 @@ class QueueStats:
     workers_alive: int
     oldest_queued_age_s: float | None
     counts: dict[str, int]
+    slices_in_flight: dict[str, int]  # per tenant
 
     @property
     def in_flight(self) -> int:
@@ -139,18 +141,21 @@ class Queue:
         ]
         if job.trace:
             fields += ["trace", job.trace]
+        if job.priority == "interactive":
+            fields += ["priority", "interactive"]
         idem_key = self.keys.idempotency(job.tenant, idempotency_key) if idempotency_key else self.keys.base
         with redis_guard():
             verdict, value = scripts.run(
                 self.client,
                 scripts.call(
                     "enqueue",
-                    [self.keys.job(job_id), self.keys.queued, self.keys.counts, idem_key],
+                    [self.keys.job(job_id), self.keys.queued, self.keys.counts, idem_key, self.keys.queued_interactive],
                     [
                         job_id,
                         self.settings.max_backlog,
                         request_digest if idempotency_key else "",
                         self.settings.idempotency_ttl_s,
+                        self.keys.base,
                         *fields,
                     ],
                 ),
@@ -175,7 +180,14 @@ class Queue:
         at = now_ms()
         return scripts.call(
             "take",
-            [self.keys.queued, self.keys.processing(worker_id), self.keys.counts, self.keys.workers],
+            [
+                self.keys.queued,
+                self.keys.processing(worker_id),
+                self.keys.counts,
+                self.keys.workers,
+                self.keys.queued_interactive,
+                self.keys.picks,
+            ],
             [self.keys.base, max_jobs, at, moved_id, worker_id, at + int(self.settings.lease_s * 1000)],
         )
 
@@ -242,7 +254,7 @@ class Queue:
                     self.client,
                     scripts.call(
                         "requeue",
-                        [self.keys.processing(worker_id), self.keys.queued, self.keys.counts],
+                        [self.keys.processing(worker_id), self.keys.counts],
                         [self.keys.base, job_id, now_ms()],
                     ),
                 )
@@ -256,7 +268,7 @@ class Queue:
                     self.client,
                     scripts.call(
                         "fan_out",
-                        [self.keys.processing(worker_id), self.keys.slices_ready, self.keys.counts],
+                        [self.keys.processing(worker_id), self.keys.counts],
                         [self.keys.base, job_id, now_ms(), *slice_inputs],
                     ),
                 )
@@ -270,8 +282,14 @@ class Queue:
                 self.client,
                 scripts.call(
                     "take_slices",
-                    [self.keys.slices_ready, self.keys.processing(worker_id), self.keys.deadlines],
-                    [self.keys.base, max_slices, now_ms(), int(self.settings.slice_timeout_s * 1000)],
+                    [self.keys.tenants, self.keys.processing(worker_id), self.keys.deadlines, self.keys.inflight],
+                    [
+                        self.keys.base,
+                        max_slices,
+                        now_ms(),
+                        int(self.settings.slice_timeout_s * 1000),
+                        self.settings.tenant_max_inflight,
+                    ],
                 ),
             )
         return [
@@ -329,9 +347,7 @@ class Queue:
         with redis_guard():
             answer = scripts.run(
                 self.client,
-                scripts.call(
-                    "replay", [self.keys.dead, self.keys.queued, self.keys.counts], [self.keys.base, job_id, now_ms()]
-                ),
+                scripts.call("replay", [self.keys.dead, self.keys.counts], [self.keys.base, job_id, now_ms()]),
             )
         return bool(answer == "queued")
 
@@ -360,14 +376,7 @@ class Queue:
                 self.client,
                 scripts.call(
                     "reap",
-                    [
-                        self.keys.workers,
-                        self.keys.queued,
-                        self.keys.slices_ready,
-                        self.keys.counts,
-                        self.keys.deadlines,
-                        self.keys.delayed,
-                    ],
+                    [self.keys.workers, self.keys.counts, self.keys.deadlines, self.keys.delayed],
                     [
                         self.keys.base,
                         now_ms(),
@@ -398,23 +407,36 @@ class Queue:
         with redis_guard():
             pipe = self.client.pipeline(transaction=False)
             pipe.llen(self.keys.queued)
+            pipe.llen(self.keys.queued_interactive)
             pipe.zcard(self.keys.delayed)
             pipe.llen(self.keys.dead)
-            pipe.llen(self.keys.slices_ready)
             pipe.zcount(self.keys.workers, at, "+inf")
-            pipe.lindex(self.keys.queued, -1)
+            pipe.lrange(self.keys.queued, -4, -1)
+            pipe.lindex(self.keys.queued_interactive, -1)
             pipe.hgetall(self.keys.counts)
-            depth, delayed, dead, ready, alive, oldest_id, counts = pipe.execute()
-            oldest_ms = self.client.hget(self.keys.job(oldest_id), "created_ms") if oldest_id else None
+            pipe.hgetall(self.keys.inflight)
+            pipe.lrange(self.keys.tenants, 0, -1)
+            batch, interactive, delayed, dead, alive, batch_tail, interactive_head, counts, inflight, tenants = (
+                pipe.execute()
+            )
+            oldest = [i for i in batch_tail if i != WAKE_MARKER][-1:] + ([interactive_head] if interactive_head else [])
+            for job_id in oldest:
+                pipe.hget(self.keys.job(job_id), "created_ms")
+            for tenant in tenants:
+                pipe.llen(self.keys.ready(tenant))
+            answers = pipe.execute()
+        created = [int(ms) for ms in answers[: len(oldest)] if ms]
+        markers = batch_tail.count(WAKE_MARKER)
         return QueueStats(
             queue=self.settings.queue,
-            depth=depth,
+            depth=max(0, batch - markers) + interactive,
             delayed=delayed,
             dead=dead,
-            slices_ready=ready,
+            slices_ready=sum(answers[len(oldest) :]),
             workers_alive=alive,
-            oldest_queued_age_s=(at - int(oldest_ms)) / 1000 if oldest_ms else None,
+            oldest_queued_age_s=(at - min(created)) / 1000 if created else None,
             counts={k: int(v) for k, v in counts.items()},
+            slices_in_flight={k: int(v) for k, v in inflight.items()},
         )
 
 

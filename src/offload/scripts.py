@@ -50,9 +50,40 @@ local function to_dead(base, counts, id, from, reason, now, ttl)
   expire_job(base, id, ttl)
 end
 
+-- Put a job on the list of its class; 'front' means it is taken next.
+-- An interactive job arriving while workers block on the (empty) batch list leaves a
+-- marker there to wake one of them.
+local function push_job(base, id, front)
+  local batch = base .. ':queued'
+  local list = batch
+  if redis.call('HGET', base .. ':job:' .. id, 'priority') == 'interactive' then
+    list = base .. ':queued:interactive'
+    if redis.call('LLEN', batch) == 0 then redis.call('LPUSH', batch, '~') end
+  end
+  if front then redis.call('RPUSH', list, id) else redis.call('LPUSH', list, id) end
+end
+
+-- Make a slice ready for dispatch on its tenant's list, and the tenant part of the ring.
+local function ready_slice(base, id, n, front)
+  local tenant = redis.call('HGET', base .. ':job:' .. id, 'tenant') or ''
+  local ready = base .. ':ready:' .. tenant
+  redis.call('HSET', base .. ':slices:' .. id, n .. ':st', 'ready')
+  if front then redis.call('RPUSH', ready, id .. '/' .. n) else redis.call('LPUSH', ready, id .. '/' .. n) end
+  if not redis.call('LPOS', base .. ':tenants', tenant) then redis.call('RPUSH', base .. ':tenants', tenant) end
+end
+
+-- A dispatched slice attempt is over (called back, failed, timed out or lost): its tenant
+-- has one slice fewer in flight.
+local function end_dispatch(base, id)
+  local tenant = redis.call('HGET', base .. ':job:' .. id, 'tenant') or ''
+  if redis.call('HINCRBY', base .. ':inflight', tenant, -1) <= 0 then
+    redis.call('HDEL', base .. ':inflight', tenant)
+  end
+end
+
 -- A slice failed (callback, Lambda failure record, missed deadline or failed dispatch).
 -- Returns 'retrying' or 'dead'. The caller has checked the job is waiting and the attempt
--- is the slice's current one.
+-- is the slice's current one, and has ended its dispatch.
 local function fail_slice(base, counts, id, n, attempt, reason, retryable, now, backoff_ms, dead_ttl)
   local jobkey = base .. ':job:' .. id
   local slices = base .. ':slices:' .. id
@@ -72,22 +103,22 @@ local function fail_slice(base, counts, id, n, attempt, reason, retryable, now, 
   return 'dead'
 end
 
--- Mark a job the worker now holds as running; returns the fields the worker needs.
+-- Mark a job the worker now holds as running; returns the fields the worker needs, or
+-- nil for an entry that is no job to run (a wake-up marker, or a job that is not queued).
 local function start_job(base, counts, id, now)
   local jobkey = base .. ':job:' .. id
-  local status = redis.call('HGET', jobkey, 'status')
-  if not status then return nil end
+  if redis.call('HGET', jobkey, 'status') ~= 'queued' then return nil end
   redis.call('HSET', jobkey, 'status', 'running', 'started_ms', now, 'updated_ms', now)
   local attempt = redis.call('HINCRBY', jobkey, 'attempts', 1)
-  bump(counts, status, 'running')
+  bump(counts, 'queued', 'running')
   local f = redis.call('HMGET', jobkey, 'type', 'tenant', 'payload', 'max_tries', 'failures',
                        'trace', 'created_ms')
   return {id, f[1], f[2], f[3], tostring(attempt), f[4] or '1', f[5] or '0', f[6] or '', f[7] or ''}
 end
 """
 
-# KEYS: job, queued, counts, idempotency
-# ARGV: job_id, max_backlog, idempotency digest ('' = none), idempotency ttl_s, field, value, ...
+# KEYS: job, queued, counts, idempotency, queued_interactive
+# ARGV: job_id, max_backlog, idempotency digest ('' = none), idempotency ttl_s, base, field, value, ...
 ENQUEUE = r"""
 if ARGV[3] ~= '' then
   local seen = redis.call('GET', KEYS[4])
@@ -100,16 +131,16 @@ if ARGV[3] ~= '' then
 end
 local max_backlog = tonumber(ARGV[2])
 if max_backlog > 0 then
-  local depth = redis.call('LLEN', KEYS[2])
+  local depth = redis.call('LLEN', KEYS[2]) + redis.call('LLEN', KEYS[5])
   if depth >= max_backlog then
     redis.call('HINCRBY', KEYS[3], 'shed', 1)
     return {'shed', tostring(depth)}
   end
 end
 local fields = {}
-for i = 5, #ARGV do fields[#fields + 1] = ARGV[i] end
+for i = 6, #ARGV do fields[#fields + 1] = ARGV[i] end
 redis.call('HSET', KEYS[1], unpack(fields))
-redis.call('LPUSH', KEYS[2], ARGV[1])
+push_job(ARGV[5], ARGV[1], false)
 redis.call('HINCRBY', KEYS[3], 'accepted', 1)
 redis.call('HINCRBY', KEYS[3], 'queued', 1)
 if ARGV[3] ~= '' then
@@ -119,7 +150,9 @@ return {'accepted', ARGV[1]}
 """
 
 # Taking also renews the worker's lease, so a processing list never exists without one.
-# KEYS: queued, processing, counts, workers
+# Three take slots in four prefer interactive jobs; the fourth prefers batch, so neither
+# class starves the other. Either class fills a slot the other leaves empty.
+# KEYS: queued, processing, counts, workers, queued_interactive, picks
 # ARGV: base, max_jobs, now_ms, id already moved by BLMOVE ('' = none), worker_id, lease_until_ms
 # Returns a list of jobs, each as the list start_job builds.
 TAKE = r"""
@@ -130,11 +163,23 @@ if ARGV[4] ~= '' then
   local job = start_job(base, KEYS[3], ARGV[4], now)
   if job then taken[#taken + 1] = job else redis.call('LREM', KEYS[2], 1, ARGV[4]) end
 end
-while #taken < max_jobs do
-  local id = redis.call('LMOVE', KEYS[1], KEYS[2], 'RIGHT', 'LEFT')
+if #taken >= max_jobs then return taken end
+local slot = redis.call('INCRBY', KEYS[6], max_jobs) - max_jobs
+local misses = 0
+while #taken < max_jobs and misses < 2 do
+  slot = slot + 1
+  local first, second = KEYS[5], KEYS[1]
+  if slot % 4 == 0 then first, second = KEYS[1], KEYS[5] end
+  local id = redis.call('LMOVE', first, KEYS[2], 'RIGHT', 'LEFT')
+  if not id then id = redis.call('LMOVE', second, KEYS[2], 'RIGHT', 'LEFT') end
   if not id then break end
   local job = start_job(base, KEYS[3], id, now)
-  if job then taken[#taken + 1] = job else redis.call('LREM', KEYS[2], 1, id) end
+  if job then
+    taken[#taken + 1] = job
+    misses = 0
+  else
+    redis.call('LREM', KEYS[2], 1, id)
+  end
 end
 return taken
 """
@@ -171,22 +216,22 @@ to_dead(base, KEYS[2], id, 'running', reason, now, ARGV[7])
 return 'dead'
 """
 
-# An attempt cut short by a shutdown goes back to the head of the queue without spending
+# An attempt cut short by a shutdown goes back to the head of its queue without spending
 # the retry budget (the attempt counter still grows, so attempts stay unique).
-# KEYS: processing, queued, counts
+# KEYS: processing, counts
 # ARGV: base, job_id, now_ms
 REQUEUE = r"""
 local base, id = ARGV[1], ARGV[2]
 if redis.call('LREM', KEYS[1], 1, id) == 0 then return 'lost' end
 redis.call('HSET', base .. ':job:' .. id, 'status', 'queued', 'updated_ms', ARGV[3])
-redis.call('RPUSH', KEYS[2], id)
-bump(KEYS[3], 'running', 'queued')
+push_job(base, id, true)
+bump(KEYS[2], 'running', 'queued')
 return 'queued'
 """
 
 # A fan-out job leaves the worker: its slices become ready for dispatch.
 # Slice attempt counters survive a replay, so a callback from before the replay stays fenced.
-# KEYS: processing, slices_ready, counts
+# KEYS: processing, counts
 # ARGV: base, job_id, now_ms, slice input json, ...
 FAN_OUT = r"""
 local base, id, now = ARGV[1], ARGV[2], ARGV[3]
@@ -196,45 +241,59 @@ local slices = base .. ':slices:' .. id
 local total = #ARGV - 3
 for i = 0, total - 1 do
   local n = tostring(i)
-  redis.call('HSET', slices, n .. ':in', ARGV[4 + i], n .. ':st', 'ready', n .. ':f', 0)
+  redis.call('HSET', slices, n .. ':in', ARGV[4 + i], n .. ':f', 0)
   redis.call('HSETNX', slices, n .. ':a', 0)
   redis.call('HDEL', slices, n .. ':out', n .. ':err')
-  redis.call('LPUSH', KEYS[2], id .. '/' .. n)
+  ready_slice(base, id, n, false)
 end
 redis.call('HSET', jobkey, 'status', 'waiting', 'slices_total', total, 'slices_succeeded', 0,
            'slices_failed', 0, 'updated_ms', now)
-bump(KEYS[3], 'running', 'waiting')
+bump(KEYS[2], 'running', 'waiting')
 return 'waiting'
 """
 
-# Take slices to dispatch; each gets a new attempt number and a deadline.
-# KEYS: slices_ready, processing, deadlines
-# ARGV: base, max_slices, now_ms, slice_timeout_ms
+# Take slices to dispatch, one per tenant in turn (the ring rotates), skipping tenants at
+# their in-flight cap; each slice gets a new attempt number and a deadline.
+# KEYS: tenants, processing, deadlines, inflight
+# ARGV: base, max_slices, now_ms, slice_timeout_ms, tenant_cap (0 = none)
 # Returns a list of {job_id, slice, attempt, input, type, tenant, trace}.
 TAKE_SLICES = r"""
 local base, max_slices, now = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])
+local cap = tonumber(ARGV[5])
 local taken = {}
-local scanned = 0
-while #taken < max_slices and scanned < max_slices * 4 do
-  local ref = redis.call('LMOVE', KEYS[1], KEYS[2], 'RIGHT', 'LEFT')
-  if not ref then break end
-  scanned = scanned + 1
-  local sep = string.find(ref, '/', 1, true)
-  local id, n = string.sub(ref, 1, sep - 1), string.sub(ref, sep + 1)
-  local jobkey = base .. ':job:' .. id
-  local slices = base .. ':slices:' .. id
-  local job = redis.call('HMGET', jobkey, 'status', 'type', 'tenant', 'trace')
-  local st = redis.call('HGET', slices, n .. ':st')
-  if job[1] == 'waiting' and st == 'ready' then
-    local attempt = redis.call('HINCRBY', slices, n .. ':a', 1)
-    redis.call('HSET', slices, n .. ':st', 'dispatched')
-    redis.call('ZADD', KEYS[3], now + tonumber(ARGV[4]), ref .. '/' .. attempt)
-    taken[#taken + 1] = {id, n, tostring(attempt), redis.call('HGET', slices, n .. ':in'),
-                         job[2], job[3] or '', job[4] or ''}
-  else
-    -- a stale reference: the job ended or was replayed, or the slice was taken already
-    redis.call('LREM', KEYS[2], 1, ref)
+local tenants = redis.call('LLEN', KEYS[1])
+local idle = 0
+while #taken < max_slices and tenants > 0 and idle < tenants do
+  local tenant = redis.call('LMOVE', KEYS[1], KEYS[1], 'LEFT', 'RIGHT')
+  local ready = base .. ':ready:' .. tenant
+  local got = false
+  if cap == 0 or tonumber(redis.call('HGET', KEYS[4], tenant) or '0') < cap then
+    while not got do
+      local ref = redis.call('LMOVE', ready, KEYS[2], 'RIGHT', 'LEFT')
+      if not ref then break end
+      local sep = string.find(ref, '/', 1, true)
+      local id, n = string.sub(ref, 1, sep - 1), string.sub(ref, sep + 1)
+      local slices = base .. ':slices:' .. id
+      local job = redis.call('HMGET', base .. ':job:' .. id, 'status', 'type', 'trace')
+      if job[1] == 'waiting' and redis.call('HGET', slices, n .. ':st') == 'ready' then
+        local attempt = redis.call('HINCRBY', slices, n .. ':a', 1)
+        redis.call('HSET', slices, n .. ':st', 'dispatched')
+        redis.call('ZADD', KEYS[3], now + tonumber(ARGV[4]), ref .. '/' .. attempt)
+        redis.call('HINCRBY', KEYS[4], tenant, 1)
+        taken[#taken + 1] = {id, n, tostring(attempt), redis.call('HGET', slices, n .. ':in'),
+                             job[2], tenant, job[3] or ''}
+        got = true
+      else
+        -- a stale reference: the job ended or was replayed, or the slice was taken already
+        redis.call('LREM', KEYS[2], 1, ref)
+      end
+    end
+    if redis.call('LLEN', ready) == 0 then
+      redis.call('LREM', KEYS[1], 1, tenant)
+      tenants = tenants - 1
+    end
   end
+  if got then idle = 0 else idle = idle + 1 end
 end
 return taken
 """
@@ -262,9 +321,13 @@ if not status then return {'unknown', ''} end
 local s = redis.call('HMGET', slices, n .. ':a', n .. ':st')
 if not s[1] then return {'unknown', status} end
 if s[1] ~= attempt then return {'stale', status} end
-if status ~= 'waiting' then return {'inactive', status} end
 if s[2] ~= 'dispatched' then return {'duplicate', status} end
 redis.call('ZREM', KEYS[2], id .. '/' .. n .. '/' .. attempt)
+end_dispatch(base, id)
+if status ~= 'waiting' then
+  redis.call('HSET', slices, n .. ':st', 'abandoned')
+  return {'inactive', status}
+end
 if ARGV[5] == 'failed' then
   local verdict = fail_slice(base, KEYS[1], id, n, attempt, ARGV[6], ARGV[7], now, ARGV[9], ARGV[11])
   return {verdict, verdict == 'dead' and 'dead' or 'waiting'}
@@ -283,9 +346,8 @@ expire_job(base, id, ARGV[10])
 return {'completed', 'succeeded'}
 """
 
-
 # Dead job back onto its queue, keeping id and history; the retry budget starts afresh.
-# KEYS: dead, queued, counts
+# KEYS: dead, counts
 # ARGV: base, job_id, now_ms
 REPLAY = r"""
 local base, id = ARGV[1], ARGV[2]
@@ -297,9 +359,9 @@ redis.call('PERSIST', base .. ':slices:' .. id)
 redis.call('HSET', jobkey, 'status', 'queued', 'failures', 0, 'stalls', 0, 'updated_ms', ARGV[3])
 redis.call('HDEL', jobkey, 'finished_ms', 'result')
 add_history(jobkey, cjson.encode({event = 'replayed', at_ms = tonumber(ARGV[3])}))
-redis.call('LPUSH', KEYS[2], id)
-bump(KEYS[3], 'dead', 'queued')
-redis.call('HINCRBY', KEYS[3], 'replayed', 1)
+push_job(base, id, false)
+bump(KEYS[2], 'dead', 'queued')
+redis.call('HINCRBY', KEYS[2], 'replayed', 1)
 return 'queued'
 """
 
@@ -317,7 +379,7 @@ return 0
 #  1. jobs and slices held by workers whose lease ran out go back to their lists;
 #  2. dispatched slices past their deadline fail with "no callback";
 #  3. retries whose backoff is over become ready again.
-# KEYS: workers, queued, slices_ready, counts, deadlines, delayed
+# KEYS: workers, counts, deadlines, delayed
 # ARGV: base, now_ms, max_stalls, limit, backoff_ms, dead_ttl_s
 # Returns {jobs recovered, slices recovered, jobs lost for good, slices timed out, promoted}.
 REAP = r"""
@@ -330,26 +392,25 @@ for _, wid in ipairs(redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now, 'LIMIT', 
     local sep = string.find(item, '/', 1, true)
     if sep then
       local id, n = string.sub(item, 1, sep - 1), string.sub(item, sep + 1)
-      local slices = base .. ':slices:' .. id
-      if redis.call('HGET', slices, n .. ':st') == 'dispatched' then
+      if redis.call('HGET', base .. ':slices:' .. id, n .. ':st') == 'dispatched' then
         -- the next dispatch gets a new attempt, which fences a late callback of this one
-        redis.call('HSET', slices, n .. ':st', 'ready')
-        redis.call('RPUSH', KEYS[3], item)
+        end_dispatch(base, id)
+        ready_slice(base, id, n, true)
         slices_recovered = slices_recovered + 1
       end
     else
       local jobkey = base .. ':job:' .. item
       if redis.call('HGET', jobkey, 'status') == 'running' then
         local stalls = redis.call('HINCRBY', jobkey, 'stalls', 1)
-        redis.call('HINCRBY', KEYS[4], 'stalled', 1)
+        redis.call('HINCRBY', KEYS[2], 'stalled', 1)
         add_history(jobkey, cjson.encode({event = 'stalled', error = 'worker lost', worker = wid, at_ms = now}))
         if stalls > max_stalls then
-          to_dead(base, KEYS[4], item, 'running', 'worker lost', now, ARGV[6])
+          to_dead(base, KEYS[2], item, 'running', 'worker lost', now, ARGV[6])
           lost = lost + 1
         else
           redis.call('HSET', jobkey, 'status', 'queued', 'updated_ms', now)
-          redis.call('RPUSH', KEYS[2], item)
-          bump(KEYS[4], 'running', 'queued')
+          push_job(base, item, true)
+          bump(KEYS[2], 'running', 'queued')
           recovered = recovered + 1
         end
       end
@@ -359,38 +420,40 @@ for _, wid in ipairs(redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now, 'LIMIT', 
   redis.call('ZREM', KEYS[1], wid)
 end
 
-for _, member in ipairs(redis.call('ZRANGEBYSCORE', KEYS[5], '-inf', now, 'LIMIT', 0, limit)) do
-  redis.call('ZREM', KEYS[5], member)
+for _, member in ipairs(redis.call('ZRANGEBYSCORE', KEYS[3], '-inf', now, 'LIMIT', 0, limit)) do
+  redis.call('ZREM', KEYS[3], member)
   local a = string.find(member, '/', 1, true)
   local b = string.find(member, '/', a + 1, true)
   local id, n, attempt = string.sub(member, 1, a - 1), string.sub(member, a + 1, b - 1), string.sub(member, b + 1)
   local slices = base .. ':slices:' .. id
   local s = redis.call('HMGET', slices, n .. ':a', n .. ':st')
-  if s[1] == attempt and s[2] == 'dispatched'
-     and redis.call('HGET', base .. ':job:' .. id, 'status') == 'waiting' then
-    fail_slice(base, KEYS[4], id, n, attempt, 'no callback before the deadline', '1', now, ARGV[5], ARGV[6])
-    timed_out = timed_out + 1
+  if s[1] == attempt and s[2] == 'dispatched' then
+    end_dispatch(base, id)
+    if redis.call('HGET', base .. ':job:' .. id, 'status') == 'waiting' then
+      fail_slice(base, KEYS[2], id, n, attempt, 'no callback before the deadline', '1', now, ARGV[5], ARGV[6])
+      timed_out = timed_out + 1
+    else
+      redis.call('HSET', slices, n .. ':st', 'abandoned')
+    end
   end
 end
 
-for _, member in ipairs(redis.call('ZRANGEBYSCORE', KEYS[6], '-inf', now, 'LIMIT', 0, limit)) do
-  redis.call('ZREM', KEYS[6], member)
+for _, member in ipairs(redis.call('ZRANGEBYSCORE', KEYS[4], '-inf', now, 'LIMIT', 0, limit)) do
+  redis.call('ZREM', KEYS[4], member)
   local sep = string.find(member, '/', 1, true)
   if sep then
     local id, n = string.sub(member, 1, sep - 1), string.sub(member, sep + 1)
-    local slices = base .. ':slices:' .. id
-    if redis.call('HGET', slices, n .. ':st') == 'retrying'
+    if redis.call('HGET', base .. ':slices:' .. id, n .. ':st') == 'retrying'
        and redis.call('HGET', base .. ':job:' .. id, 'status') == 'waiting' then
-      redis.call('HSET', slices, n .. ':st', 'ready')
-      redis.call('LPUSH', KEYS[3], member)
+      ready_slice(base, id, n, true)
       promoted = promoted + 1
     end
   else
     local jobkey = base .. ':job:' .. member
     if redis.call('HGET', jobkey, 'status') == 'retrying' then
       redis.call('HSET', jobkey, 'status', 'queued', 'updated_ms', now)
-      redis.call('LPUSH', KEYS[2], member)
-      bump(KEYS[4], 'retrying', 'queued')
+      push_job(base, member, false)
+      bump(KEYS[2], 'retrying', 'queued')
       promoted = promoted + 1
     end
   end

@@ -78,6 +78,7 @@ def submit(request: Request) -> dict[str, Any]:
             tenant=tenant,
             max_tries=job_type.max_tries,
             trace=os.environ.get("_X_AMZN_TRACE_ID", ""),
+            priority=body.priority,
         ),
         idempotency_key=idempotency_key,
         request_digest=digest,
