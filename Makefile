@@ -6,7 +6,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test lint types pytest validate clean
+.PHONY: run test lint types pytest validate clean fairness
 
 $(STAMP): pyproject.toml
 	@test -n "$(PYTHON)" || { echo "need Python 3.11 or newer on PATH"; exit 1; }
@@ -37,3 +37,7 @@ validate: $(STAMP)
 
 clean:
 	rm -rf $(VENV) .aws-sam .offload .pytest_cache .mypy_cache .ruff_cache
+
+## fairness: tenant A's 1,000-slice job against tenant B's one-slice job, with figures
+fairness: $(STAMP)
+	FAIRNESS_SLICES=1000 $(BIN)/pytest tests/test_fairness.py -q -s -p no:cacheprovider

@@ -208,8 +208,8 @@ def test_every_way_a_dispatch_ends_frees_its_in_flight_slot(make_queue: object) 
     job_id = queue.enqueue(NewJob(type="thumbnail", payload="{}", tenant="a", max_tries=3)).job_id
     queue.take("w1", 1)
     queue.fan_out("w1", job_id, ["{}"] * 4)
-    s0, s1, s2, s3 = queue.take_slices("w1", 4)
-    queue.release_slices("w1", [s0.ref, s1.ref, s2.ref])  # s3 stays held by w1, which then dies
+    s0, s1, s2, _held = queue.take_slices("w1", 4)
+    queue.release_slices("w1", [s0.ref, s1.ref, s2.ref])  # the last stays held by w1, which then dies
 
     queue.apply_outcome(job_id, s0.slice, 1, succeeded=True, result_json="0")
     queue.apply_outcome(job_id, s1.slice, 1, succeeded=False, reason="flaky", retryable=True, backoff_ms=60_000)

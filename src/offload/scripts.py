@@ -50,15 +50,19 @@ local function to_dead(base, counts, id, from, reason, now, ttl)
   expire_job(base, id, ttl)
 end
 
+-- Workers block on the batch list; work that arrives elsewhere (an interactive job, a
+-- slice ready to dispatch) leaves a marker there so that a blocked worker wakes at once.
+-- At most one marker waits at a time, and the take script drops it.
+local function wake_workers(base)
+  if redis.call('LLEN', base .. ':queued') == 0 then redis.call('LPUSH', base .. ':queued', '~') end
+end
+
 -- Put a job on the list of its class; 'front' means it is taken next.
--- An interactive job arriving while workers block on the (empty) batch list leaves a
--- marker there to wake one of them.
 local function push_job(base, id, front)
-  local batch = base .. ':queued'
-  local list = batch
+  local list = base .. ':queued'
   if redis.call('HGET', base .. ':job:' .. id, 'priority') == 'interactive' then
     list = base .. ':queued:interactive'
-    if redis.call('LLEN', batch) == 0 then redis.call('LPUSH', batch, '~') end
+    wake_workers(base)
   end
   if front then redis.call('RPUSH', list, id) else redis.call('LPUSH', list, id) end
 end
@@ -70,15 +74,17 @@ local function ready_slice(base, id, n, front)
   redis.call('HSET', base .. ':slices:' .. id, n .. ':st', 'ready')
   if front then redis.call('RPUSH', ready, id .. '/' .. n) else redis.call('LPUSH', ready, id .. '/' .. n) end
   if not redis.call('LPOS', base .. ':tenants', tenant) then redis.call('RPUSH', base .. ':tenants', tenant) end
+  wake_workers(base)
 end
 
 -- A dispatched slice attempt is over (called back, failed, timed out or lost): its tenant
--- has one slice fewer in flight.
+-- has one slice fewer in flight, so one of its waiting slices may go.
 local function end_dispatch(base, id)
   local tenant = redis.call('HGET', base .. ':job:' .. id, 'tenant') or ''
   if redis.call('HINCRBY', base .. ':inflight', tenant, -1) <= 0 then
     redis.call('HDEL', base .. ':inflight', tenant)
   end
+  if redis.call('LLEN', base .. ':ready:' .. tenant) > 0 then wake_workers(base) end
 end
 
 -- A slice failed (callback, Lambda failure record, missed deadline or failed dispatch).

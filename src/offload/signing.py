@@ -24,9 +24,9 @@ _AUTHORIZATION = re.compile(
 )
 
 
-def sign(url: str, body: bytes, credentials: Credentials, region: str) -> dict[str, str]:
-    """Headers for a POST of exactly ``body`` to exactly ``url``."""
-    request = AWSRequest(method="POST", url=url, data=body, headers={"Content-Type": "application/json"})
+def sign(url: str, body: bytes, credentials: Credentials, region: str, method: str = "POST") -> dict[str, str]:
+    """Headers for a request of exactly ``body`` to exactly ``url``."""
+    request = AWSRequest(method=method, url=url, data=body, headers={"Content-Type": "application/json"})
     SigV4Auth(credentials, SERVICE, region).add_auth(request)
     return dict(request.headers.items())
 

@@ -44,12 +44,16 @@ class LocalStack:
         input_root: Path | None = None,
         compute_concurrency: int = 2,
         lambda_retries: int = 2,
+        tenant_keys: dict[str, str] | None = None,
     ) -> None:
+        """``tenant_keys`` (access key -> secret key) lets clients sign job requests as
+        distinct tenants, as IAM identities would in AWS."""
         self.port = port
         self.state_dir = state_dir.resolve()
         self.input_root = (input_root or Path.cwd()).resolve()
         self.compute_concurrency = compute_concurrency
         self.lambda_retries = lambda_retries
+        self.tenant_keys = dict(tenant_keys or {})
         self.redis: RedisServer | None = None
         self.gateway: Gateway | None = None
         self.lambda_service: LocalLambda | None = None
@@ -73,7 +77,7 @@ class LocalStack:
         secret_key = secrets.token_urlsafe(24)
         self.gateway = Gateway(
             {"master": _lambda("master"), "callback": _lambda("callback"), "openapi": _lambda("openapi")},
-            {LOCAL_ACCESS_KEY: secret_key},
+            {**self.tenant_keys, LOCAL_ACCESS_KEY: secret_key},
             port=self.port,
             context_factory=lambda name: LocalContext(function_name=f"offload-{name}"),
         )
