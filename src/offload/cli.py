@@ -3,36 +3,69 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn, TextIO
 
-from offload import config
+import redis
+
+from offload import config, operations
 from offload.errors import OffloadError
+from offload.jobs import Status
+from offload.queue import Queue
 
 DEFAULT_API = "http://127.0.0.1:8787"
 SAMPLE_IMAGES = Path("samples/images")
 
 
+class UsageError(Exception):
+    """A command line argparse refused; the exit code is 2."""
+
+    def __init__(self, parser: argparse.ArgumentParser, message: str) -> None:
+        super().__init__(message)
+        self.parser = parser
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        raise UsageError(self, message)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+    """Run one ``offload`` command and return its exit code: 0 done, 1 it failed or there
+    was no such thing, 2 the command line was wrong. With ``--json`` stdout holds one JSON
+    document (``watch``: one per line), an error included."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    try:
+        args = _parser().parse_args(argv)
+    except UsageError as e:
+        e.parser.print_usage(sys.stderr)
+        print(f"{e.parser.prog}: error: {e}", file=sys.stderr)
+        if "--json" in argv:
+            print(json.dumps({"error": str(e)}))
+        return 2
     try:
         return int(args.run(args))
-    except OffloadError as e:
+    except (OffloadError, redis.RedisError) as e:
         _fail(args, str(e))
         return 1
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:  # e.g. piped into head: stop quietly
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="offload", description=__doc__)
+    parser = _Parser(prog="offload", description=__doc__)
     commands = parser.add_subparsers(required=True, metavar="COMMAND")
 
     def command(name: str, run: Any, help_text: str, parent: Any = commands) -> argparse.ArgumentParser:
@@ -41,9 +74,16 @@ def _parser() -> argparse.ArgumentParser:
         sub.add_argument("--json", action="store_true", help="machine-readable output")
         return sub
 
-    local = commands.add_parser("local", help="the local stack (no Docker, no AWS)").add_subparsers(
-        required=True, metavar="COMMAND"
-    )
+    def group(name: str, help_text: str) -> Any:
+        return commands.add_parser(name, help=help_text, description=help_text).add_subparsers(
+            required=True, metavar="COMMAND"
+        )
+
+    def on_queue(sub: argparse.ArgumentParser) -> argparse.ArgumentParser:
+        sub.add_argument("--queue", type=_queue_name, help="queue name (default: $OFFLOAD_QUEUE or default)")
+        return sub
+
+    local = group("local", "the local stack (no Docker, no AWS)")
     up = command("up", cmd_local_up, "serve the whole stack on 127.0.0.1 until stopped", local)
     up.add_argument("--port", type=int, default=8787)
     up.add_argument("--state-dir", type=Path, default=Path(".offload"))
@@ -52,7 +92,7 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--sizes", default="128,512", help="comma-separated longest edges in px")
     run.add_argument("--format", default="webp", choices=("jpeg", "png", "webp"))
     run.add_argument("--state-dir", type=Path, default=Path(".offload"))
-    run.add_argument("--timeout", type=float, default=120.0)
+    run.add_argument("--timeout", type=_positive(float), default=120.0)
 
     command("worker", cmd_worker, "run the worker against REDIS_URL (the Fargate task's process)")
 
@@ -62,24 +102,64 @@ def _parser() -> argparse.ArgumentParser:
     submit.add_argument("--wait", action="store_true", help="poll until the job ends")
     submit.add_argument("--idempotency-key", default="")
 
-    status = command("status", cmd_status, "show a job (read from Redis)")
+    status = on_queue(command("status", cmd_status, "show a job (read from Redis)"))
     status.add_argument("job_id")
 
-    dlq = commands.add_parser("dlq", help="the dead-letter list").add_subparsers(required=True, metavar="COMMAND")
-    dlq_list = command("list", cmd_dlq_list, "list dead jobs with their reasons, newest first", dlq)
-    dlq_list.add_argument("--limit", type=int, default=50)
-    replay = command("replay", cmd_dlq_replay, "push a dead job back on its queue (same id, history kept)", dlq)
-    replay.add_argument("job_id")
+    watch = on_queue(command("watch", cmd_watch, "follow a job's slices until it ends (exit 0 succeeded, 1 dead)"))
+    watch.add_argument("job_id")
+    watch.add_argument("--interval", type=_positive(float), default=0.5, help="seconds between polls (0.5)")
+    watch.add_argument("--timeout", type=_positive(float), help="give up (exit 1) after this many seconds")
 
-    command("stats", cmd_stats, "counts per status, depth, workers alive, oldest queued job")
+    dlq = group("dlq", "the dead-letter list")
+    dlq_list = on_queue(command("list", cmd_dlq_list, "list dead jobs with their reasons, newest first", dlq))
+    dlq_list.add_argument("--limit", type=_positive(int), default=50)
+    dlq_list.add_argument("--type", help="only jobs of this type")
+    show = on_queue(command("show", cmd_dlq_show, "show a dead job: reason, attempts, history", dlq))
+    show.add_argument("job_id")
+    replay = on_queue(command("replay", cmd_dlq_replay, "push dead jobs back on their queue, same id", dlq))
+    which = replay.add_mutually_exclusive_group(required=True)
+    which.add_argument("job_id", nargs="?", help="the dead job to replay")
+    which.add_argument("--all", action="store_true", help="every job in the dead-letter list")
+    which.add_argument("--type", help="every dead job of this type")
+
+    stats = command("stats", cmd_stats, "per queue: depth, in flight, retrying, dead, workers alive, oldest age")
+    stats.add_argument(
+        "--queue", dest="queues", action="append", type=_queue_name, help="a queue (repeatable; default $OFFLOAD_QUEUE)"
+    )
+
+    invoke = command("invoke", cmd_invoke, "run one function's handler as sam local invoke would, without Docker")
+    invoke.add_argument("function", help="logical id (MasterFunction) or short name (master)")
+    invoke.add_argument("--event", "-e", help="event JSON file, or - for stdin (default: {})")
+    invoke.add_argument("--env-vars", "-n", type=Path, help='JSON overrides: {"Parameters": {...}, "<Id>": {...}}')
+    invoke.add_argument("--template", "-t", type=Path, help="SAM template (default: ./template.yaml)")
     return parser
+
+
+def _positive(kind: Callable[[str], float]) -> Callable[[str], Any]:
+    def parse(text: str) -> Any:
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+        if value <= 0:
+            raise argparse.ArgumentTypeError(f"must be more than 0, got {text}")
+        return value
+
+    parse.__name__ = kind.__name__
+    return parse
+
+
+def _queue_name(text: str) -> str:
+    if not text or any(c in text for c in "{}") or text != text.strip():
+        raise argparse.ArgumentTypeError(f"not a queue name: {text!r}")
+    return text
 
 
 # -- output ------------------------------------------------------------------------------
 
 
-def _print(args: argparse.Namespace, data: Any, text: str) -> None:
-    print(json.dumps(data, default=str) if args.json else text)
+def _print(args: argparse.Namespace, data: Any, text: str, file: TextIO | None = None) -> None:
+    print(json.dumps(data, default=str) if args.json else text, file=file or sys.stdout)
 
 
 def _fail(args: argparse.Namespace, message: str) -> None:
@@ -89,44 +169,82 @@ def _fail(args: argparse.Namespace, message: str) -> None:
         print(f"offload: {message}", file=sys.stderr)
 
 
-def _queue() -> Any:
-    from offload.connection import connect
-    from offload.queue import Queue
+def _read_json(source: str) -> Any:
+    """A JSON document from a file, or from stdin for ``-``."""
+    try:
+        text = sys.stdin.read() if source == "-" else Path(source).read_text()
+    except OSError as e:
+        raise OffloadError(f"cannot read {source}: {e.strerror or e}") from None
+    try:
+        return json.loads(text)
+    except ValueError as e:
+        raise OffloadError(f"{source} is not JSON: {e}") from None
 
+
+def _settings(queue: str | None = None) -> config.Settings:
     settings = config.settings()
-    return Queue(connect(settings, "worker"), settings)
+    return dataclasses.replace(settings, queue=queue) if queue else settings
+
+
+def _client(settings: config.Settings) -> redis.Redis:
+    from offload.connection import connect
+
+    return connect(settings, "api")  # fail fast: an operator waits at the terminal
+
+
+def _queue(args: argparse.Namespace) -> Queue:
+    settings = _settings(getattr(args, "queue", None))
+    return Queue(_client(settings), settings)
 
 
 # -- local stack -------------------------------------------------------------------------
 
 
+@contextmanager
+def _logs_to_stderr() -> Iterator[TextIO]:
+    """Point fd 1 at stderr while the local stack runs, so what it logs (in this process and
+    in the compute processes it spawns) goes there; yield the real stdout, for the answer."""
+    sys.stdout.flush()
+    saved = os.dup(1)
+    os.dup2(2, 1)
+    answers = os.fdopen(os.dup(saved), "w")
+    try:
+        yield answers
+    finally:
+        answers.close()
+        sys.stdout.flush()
+        os.dup2(saved, 1)
+        os.close(saved)
+
+
 def cmd_local_up(args: argparse.Namespace) -> int:
     from offload.local.stack import LocalStack
 
-    stack = LocalStack(port=args.port, state_dir=args.state_dir)
-    stack.start()
-    assert stack.worker is not None
-    try:
-        stack.worker.install_signal_handlers()
-        redis_url = os.environ["REDIS_URL"]
-        message = f"offload local stack ready at {stack.url} (Redis {redis_url}, outputs in {stack.output_dir})"
-        _print(
-            args,
-            {"status": "ready", "url": stack.url, "redis_url": redis_url, "output_dir": str(stack.output_dir)},
-            message,
-        )
-        sys.stdout.flush()
-        stack.worker.run()
-    finally:
-        stack.worker = None  # already stopped by its own loop
-        stack.stop()
+    with _logs_to_stderr() as answers:
+        stack = LocalStack(port=args.port, state_dir=args.state_dir)
+        stack.start()
+        assert stack.worker is not None
+        try:
+            stack.worker.install_signal_handlers()
+            redis_url = os.environ["REDIS_URL"]
+            message = f"offload local stack ready at {stack.url} (Redis {redis_url}, outputs in {stack.output_dir})"
+            ready = {"status": "ready", "url": stack.url, "redis_url": redis_url, "output_dir": str(stack.output_dir)}
+            _print(args, ready, message, file=answers)
+            answers.flush()
+            stack.worker.run()
+        finally:
+            stack.worker = None  # already stopped by its own loop
+            stack.stop()
     return 0
 
 
 def cmd_local_run(args: argparse.Namespace) -> int:
     from offload.local.stack import LocalStack
 
-    images = sorted(p for p in args.images.resolve().iterdir() if p.suffix.lower() in (".png", ".jpg", ".jpeg"))
+    try:
+        images = sorted(p for p in args.images.resolve().iterdir() if p.suffix.lower() in (".png", ".jpg", ".jpeg"))
+    except OSError as e:
+        raise OffloadError(f"cannot read the images folder {args.images}: {e.strerror or e}") from None
     if not images:
         raise OffloadError(f"no .png or .jpg images in {args.images}")
     sizes = [int(s) for s in args.sizes.split(",") if s.strip()]
@@ -135,20 +253,22 @@ def cmd_local_run(args: argparse.Namespace) -> int:
         "payload": {"images": [p.as_uri() for p in images], "sizes": sizes, "format": args.format},
     }
 
-    stack = LocalStack(port=0, state_dir=args.state_dir, input_root=args.images.resolve())
-    stack.start()
-    try:
-        stack.run_worker_in_background()
-        if not args.json:
-            print(f"local stack ready at {stack.url}; submitting {len(images)} images x sizes {sizes}")
-        started = time.monotonic()
-        status, accepted, _ = _http("POST", f"{stack.url}/jobs", job)
-        if status != 202:
-            raise OffloadError(f"job refused with {status}: {accepted}")
-        view = _poll(f"{stack.url}{accepted['location']}", args.timeout)
-        elapsed = time.monotonic() - started
-    finally:
-        stack.stop()
+    with _logs_to_stderr() as answers:
+        stack = LocalStack(port=0, state_dir=args.state_dir, input_root=args.images.resolve())
+        stack.start()
+        try:
+            stack.run_worker_in_background()
+            if not args.json:
+                print(f"local stack ready at {stack.url}; submitting {len(images)} x sizes {sizes}", file=answers)
+                answers.flush()
+            started = time.monotonic()
+            status, accepted, _ = _http("POST", f"{stack.url}/jobs", job)
+            if status != 202:
+                raise OffloadError(f"job refused with {status}: {accepted}")
+            view = _poll(f"{stack.url}{accepted['location']}", args.timeout)
+            elapsed = time.monotonic() - started
+        finally:
+            stack.stop()
 
     problems = _check_thumbnails(view, sizes) if view["status"] == "succeeded" else [view.get("error") or "failed"]
     summary = {
@@ -203,11 +323,18 @@ def _http(method: str, url: str, body: Any = None, headers: dict[str, str] | Non
     )
     try:
         with urllib.request.urlopen(request, timeout=10) as response:
-            return response.status, json.load(response), response.headers
+            return response.status, _json_answer(url, response.read()), response.headers
     except urllib.error.HTTPError as e:
-        return e.code, json.loads(e.read() or b"{}"), e.headers
+        return e.code, _json_answer(url, e.read()), e.headers
     except OSError as e:
         raise OffloadError(f"cannot reach {url}: {e}") from e
+
+
+def _json_answer(url: str, raw: bytes) -> Any:
+    try:
+        return json.loads(raw or b"{}")
+    except ValueError:
+        raise OffloadError(f"{url} did not answer JSON: {raw[:200]!r}") from None
 
 
 def _poll(url: str, timeout_s: float) -> dict[str, Any]:
@@ -262,11 +389,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
 
 
 def cmd_submit(args: argparse.Namespace) -> int:
-    text = sys.stdin.read() if args.file == "-" else Path(args.file).read_text()
-    try:
-        job = json.loads(text)
-    except ValueError as e:
-        raise OffloadError(f"{args.file} is not JSON: {e}") from None
+    job = _read_json(args.file)
     headers = {"Idempotency-Key": args.idempotency_key} if args.idempotency_key else {}
     api = args.api.rstrip("/")
     status, body, _ = _http("POST", f"{api}/jobs", job, headers)
@@ -286,9 +409,7 @@ def cmd_submit(args: argparse.Namespace) -> int:
 def cmd_status(args: argparse.Namespace) -> int:
     from offload.models import JobView
 
-    job = _queue().get(args.job_id)
-    if job is None:
-        raise OffloadError(f"no job {args.job_id!r}")
+    job = operations.require_job(_queue(args), args.job_id)
     view = JobView.of(job).model_dump(mode="json") | {"tenant": job.tenant}
     lines = [f"{k:<12} {v}" for k, v in view.items() if k not in ("result", "history")]
     lines += [f"history      {json.dumps(h)}" for h in view["history"]]
@@ -296,57 +417,126 @@ def cmd_status(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_watch(args: argparse.Namespace) -> int:
+    out = sys.stdout
+    tty = not args.json and out.isatty()
+    started = time.monotonic()
+    last: operations.Progress | None = None
+    try:
+        for last in operations.watch(_queue(args), args.job_id, interval_s=args.interval, timeout_s=args.timeout):
+            if args.json:
+                print(json.dumps(last.as_dict()), flush=True)
+            elif tty:
+                out.write(f"\r{_progress_bar(last)}\x1b[K")
+                out.flush()
+            else:
+                print(f"{time.strftime('%H:%M:%S')}  {_progress_text(last)}", flush=True)
+    finally:
+        if tty and last is not None:
+            out.write("\n")
+    assert last is not None and last.ended
+    if not args.json:
+        error = f": {last.error}" if last.error else ""
+        print(f"job {last.job_id} {last.status} after {time.monotonic() - started:.1f} s{error}")
+    return 0 if last.status == Status.SUCCEEDED else 1
+
+
+def _progress_text(p: operations.Progress) -> str:
+    parts = [f"job {p.job_id} {p.status}"]
+    if p.attempts > 1:
+        parts.append(f"attempt {p.attempts}")
+    if p.total:
+        parts.append(f"{p.succeeded}/{p.total} slices" + (f", {p.failed} failed" if p.failed else ""))
+    return "  ".join(parts)
+
+
+def _progress_bar(p: operations.Progress, width: int = 30) -> str:
+    """``[#########.....................]  3/10 slices  waiting`` (the status alone before fan-out)."""
+    if not p.total:
+        return _progress_text(p)
+    filled = width * p.succeeded // p.total
+    return f"[{'#' * filled}{'.' * (width - filled)}]  {_progress_text(p)}"
+
+
 def cmd_dlq_list(args: argparse.Namespace) -> int:
-    queue = _queue()
-    rows = []
-    for job_id in queue.dead_job_ids(args.limit):
-        job = queue.get(job_id)
-        if job is not None:
-            rows.append(
-                {
-                    "job_id": job_id,
-                    "type": job.type,
-                    "tenant": job.tenant,
-                    "error": job.error,
-                    "attempts": job.attempts,
-                    "finished_ms": job.finished_ms,
-                }
-            )
+    jobs = operations.dead_jobs(_queue(args), limit=args.limit, job_type=args.type)
+    rows = [operations.dead_row(job) for job in jobs]
     text = "\n".join(f"{r['job_id']}  {r['type']:<10} {r['error']}" for r in rows) or "the dead-letter list is empty"
     _print(args, rows, text)
     return 0
 
 
+def cmd_dlq_show(args: argparse.Namespace) -> int:
+    detail = operations.dead_detail(_queue(args), args.job_id)
+    lines = [
+        f"job        {detail['job_id']}",
+        f"type       {detail['type']}",
+        f"tenant     {detail['tenant']}",
+        f"reason     {detail['reason']}",
+        f"attempts   {detail['attempts']} (max tries {detail['max_tries']})",
+        f"created    {detail['created_at']}",
+        f"finished   {detail['finished_at']}",
+        "history",
+    ]
+    for entry in detail["history"]:
+        fields = "  ".join(f"{k}={v}" for k, v in entry.items() if k not in ("at", "at_ms"))
+        lines.append(f"  {entry['at'] or '-':<29}  {fields}")
+    _print(args, detail, "\n".join(lines))
+    return 0
+
+
 def cmd_dlq_replay(args: argparse.Namespace) -> int:
-    if not _queue().replay(args.job_id):
-        raise OffloadError(f"job {args.job_id!r} is not in the dead-letter list")
-    _print(args, {"job_id": args.job_id, "status": "queued"}, f"replayed {args.job_id}: queued again")
+    queue = _queue(args)
+    if args.job_id is not None:
+        if not queue.replay(args.job_id):
+            raise OffloadError(f"job {args.job_id!r} is not in the dead-letter list")
+        _print(args, {"job_id": args.job_id, "status": "queued"}, f"replayed {args.job_id}: queued again")
+        return 0
+    report = operations.replay_dead(queue, job_type=args.type)
+    what = f"dead {args.type} jobs" if args.type else "dead jobs"
+    skipped = f" ({len(report.skipped)} no longer dead)" if report.skipped else ""
+    _print(args, report.as_dict(), f"replayed {len(report.replayed)} {what}{skipped}")
     return 0
 
 
 def cmd_stats(args: argparse.Namespace) -> int:
-    stats = _queue().stats()
-    data = {
-        "queue": stats.queue,
-        "depth": stats.depth,
-        "in_flight": stats.in_flight,
-        "retrying": stats.delayed,
-        "dead": stats.dead,
-        "slices_ready": stats.slices_ready,
-        "workers_alive": stats.workers_alive,
-        "oldest_queued_age_s": stats.oldest_queued_age_s,
-        "counts": stats.counts,
-        "balanced": stats.balanced,
-    }
-    oldest = f"{stats.oldest_queued_age_s:.1f}" if stats.oldest_queued_age_s is not None else "-"
-    header = f"{'queue':<12} {'depth':>7} {'in flight':>9} {'retrying':>8} {'dead':>6} {'workers':>7} {'oldest s':>8}"
-    row = (
-        f"{stats.queue:<12} {stats.depth:>7} {stats.in_flight:>9} {stats.delayed:>8} {stats.dead:>6} "
-        f"{stats.workers_alive:>7} {oldest:>8}"
-    )
-    counts = "  ".join(f"{k}={v}" for k, v in sorted(stats.counts.items()))
-    _print(args, data, f"{header}\n{row}\ncounts: {counts}\naccepted = sum of statuses: {stats.balanced}")
+    settings = _settings()
+    names = args.queues or [settings.queue]
+    rows = [operations.stats_row(q.stats()) for q in operations.queues(_client(settings), settings, names)]
+    header = f"{'queue':<16} {'depth':>7} {'in flight':>9} {'retrying':>8} {'dead':>6} {'workers':>7} {'oldest':>9}"
+    lines = [header] + [_stats_line(row) for row in rows]
+    for row in rows:
+        counts = "  ".join(f"{k}={v}" for k, v in sorted(row["counts"].items()))
+        lines.append(f"{row['queue']}: {counts or 'no jobs yet'}")
+        if not row["balanced"]:
+            lines.append(f"{row['queue']}: accepted is not the sum of the statuses")
+    # one queue: its object (as before); several: a list of them
+    _print(args, rows[0] if len(rows) == 1 else rows, "\n".join(lines))
     return 0
+
+
+def _stats_line(row: dict[str, Any]) -> str:
+    age = row["oldest_queued_age_s"]
+    oldest = f"{age:.1f} s" if age is not None else "-"
+    return (
+        f"{row['queue']:<16} {row['depth']:>7} {row['in_flight']:>9} {row['retrying']:>8} {row['dead']:>6} "
+        f"{row['workers_alive']:>7} {oldest:>9}"
+    )
+
+
+# -- functions, without Docker -----------------------------------------------------------
+
+
+def cmd_invoke(args: argparse.Namespace) -> int:
+    from offload.local import invoke
+
+    path = invoke.find_template(args.template)
+    spec = invoke.function_spec(invoke.load_template(path), args.function, path.parent)
+    event = _read_json(args.event) if args.event else {}
+    env = invoke.environment(spec, invoke.env_overrides(args.env_vars, spec.logical_id), os.environ)
+    outcome = invoke.invoke(spec, event, env)
+    print(json.dumps(outcome.payload, default=str, indent=None if args.json else 2))
+    return 0 if outcome.ok else 1
 
 
 if __name__ == "__main__":
