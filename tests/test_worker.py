@@ -29,7 +29,7 @@ class RecordingInvoker:
     def __init__(self) -> None:
         self.events: list[dict[str, Any]] = []
 
-    def invoke_async(self, payload: bytes) -> None:
+    def invoke_async(self, payload: bytes, trace: str = "") -> None:
         self.events.append(json.loads(payload))
 
 

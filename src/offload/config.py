@@ -40,6 +40,7 @@ class Settings:
     # or boto3, never logged.
     redis_auth_secret_arn: str = ""
     queue: str = "default"
+    stage: str = "local"  # a metric dimension: staging | prod | local
 
     # Master
     max_body_bytes: int = 256 * 1024
@@ -86,6 +87,7 @@ class Settings:
             redis_url=os.environ.get("REDIS_URL", d.redis_url),
             redis_auth_secret_arn=os.environ.get("REDIS_AUTH_SECRET_ARN", ""),
             queue=os.environ.get("OFFLOAD_QUEUE", d.queue),
+            stage=os.environ.get("OFFLOAD_STAGE", d.stage),
             max_body_bytes=_int("OFFLOAD_MAX_BODY_BYTES", d.max_body_bytes),
             max_backlog=_int("OFFLOAD_MAX_BACKLOG", d.max_backlog),
             retry_after_s=_int("OFFLOAD_RETRY_AFTER_S", d.retry_after_s),

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import random
+import threading
 import time
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -15,6 +16,7 @@ from offload import tokens
 from offload.errors import DispatchFailed
 from offload.jobs import TakenSlice
 from offload.models import SliceInvocation
+from offload.observability import child_header
 
 log = logging.getLogger(__name__)
 
@@ -35,9 +37,11 @@ _RETRYABLE_CODES = frozenset(
 
 
 class Invoker(Protocol):
-    """Starts one asynchronous invocation; raises DispatchFailed when it could not."""
+    """Starts one asynchronous invocation; raises DispatchFailed when it could not.
 
-    def invoke_async(self, payload: bytes) -> None: ...
+    ``trace`` is the X-Ray header the invocation continues (empty when untraced)."""
+
+    def invoke_async(self, payload: bytes, trace: str = "") -> None: ...
 
 
 class LambdaInvoker:
@@ -48,8 +52,24 @@ class LambdaInvoker:
         self.function_name = function_name
         self.tries = tries
         self.base_delay_s = base_delay_s
+        self._trace = threading.local()
+        # Lambda continues the trace of an invoke request that carries the X-Ray header;
+        # botocore has no parameter for it, so it is set on the request before signing.
+        client.meta.events.register("before-sign.lambda.Invoke", self._add_trace_header)
 
-    def invoke_async(self, payload: bytes) -> None:
+    def _add_trace_header(self, request: Any, **_: Any) -> None:
+        trace = getattr(self._trace, "header", "")
+        if trace:
+            request.headers["X-Amzn-Trace-Id"] = trace
+
+    def invoke_async(self, payload: bytes, trace: str = "") -> None:
+        self._trace.header = trace
+        try:
+            self._invoke(payload)
+        finally:
+            self._trace.header = ""
+
+    def _invoke(self, payload: bytes) -> None:
         from botocore.exceptions import BotoCoreError, ClientError
 
         for attempt in range(1, self.tries + 1):
@@ -99,7 +119,7 @@ class Dispatcher:
         self.max_payload_bytes = max_payload_bytes
         self.pool = ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="dispatch")
 
-    def event(self, item: TakenSlice) -> bytes:
+    def event(self, item: TakenSlice, trace: str = "") -> bytes:
         invocation = SliceInvocation(
             job_id=item.job_id,
             queue=self.queue_name,
@@ -109,7 +129,7 @@ class Dispatcher:
             callback_url=f"{self.callback_base_url}/callbacks/{item.job_id}",
             callback_token=tokens.issue(self.secret, item.job_id, item.slice, item.attempt, self.token_ttl_s),
             input=json.loads(item.input),
-            trace=item.trace,
+            trace=trace,
         )
         return invocation.model_dump_json().encode()
 
@@ -117,7 +137,9 @@ class Dispatcher:
         return list(self.pool.map(self._one, items))
 
     def _one(self, item: TakenSlice) -> DispatchResult:
-        payload = self.event(item)
+        # each slice continues the job's trace as a child of the worker's dispatch
+        trace = child_header(item.trace)
+        payload = self.event(item, trace)
         if len(payload) > self.max_payload_bytes:
             # Lambda would refuse it; say so in the job rather than as an invoke error
             return DispatchResult(
@@ -129,7 +151,7 @@ class Dispatcher:
                 ),
             )
         try:
-            self.invoker.invoke_async(payload)
+            self.invoker.invoke_async(payload, trace)
         except DispatchFailed as e:
             return DispatchResult(item, e)
         return DispatchResult(item, None)

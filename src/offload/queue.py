@@ -9,7 +9,7 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import Any
+from typing import Any, NamedTuple
 
 import redis
 
@@ -75,6 +75,16 @@ class OutcomeVerdict(StrEnum):
     @property
     def changed_state(self) -> bool:
         return self in {OutcomeVerdict.APPLIED, OutcomeVerdict.COMPLETED, OutcomeVerdict.RETRYING, OutcomeVerdict.DEAD}
+
+
+class Outcome(NamedTuple):
+    """What applying a slice outcome did, and what the job is now."""
+
+    verdict: OutcomeVerdict
+    job_status: str
+    type: str
+    tenant: str
+    created_ms: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -315,10 +325,10 @@ class Queue:
         reason: str = "",
         retryable: bool = False,
         backoff_ms: int = 0,
-    ) -> tuple[OutcomeVerdict, str]:
+    ) -> Outcome:
         """Apply one slice outcome atomically; a repeat or an older attempt changes nothing."""
         with redis_guard():
-            verdict, status = scripts.run(
+            verdict, status, type_, tenant, created_ms = scripts.run(
                 self.client,
                 scripts.call(
                     "apply_outcome",
@@ -338,7 +348,7 @@ class Queue:
                     ],
                 ),
             )
-        return OutcomeVerdict(verdict), status
+        return Outcome(OutcomeVerdict(verdict), status, type_, tenant, int(created_ms or 0))
 
     # -- recovery ------------------------------------------------------------------------
 
@@ -353,7 +363,8 @@ class Queue:
 
     def dead_job_ids(self, limit: int = 100) -> list[str]:
         with redis_guard():
-            return [str(job_id) for job_id in self.client.lrange(self.keys.dead, 0, limit - 1)]
+            ids: list[str] = self.client.lrange(self.keys.dead, 0, limit - 1)  # type: ignore[assignment]
+        return ids
 
     def heartbeat(self, worker_id: str) -> bool:
         """Extend this worker's lease; False if it had run out (its jobs went back)."""

@@ -322,34 +322,36 @@ APPLY_OUTCOME = r"""
 local base, id, n, attempt, now = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[8]
 local jobkey = base .. ':job:' .. id
 local slices = base .. ':slices:' .. id
-local status = redis.call('HGET', jobkey, 'status')
-if not status then return {'unknown', ''} end
+local job = redis.call('HMGET', jobkey, 'status', 'type', 'tenant', 'created_ms')
+local status = job[1]
+if not status then return {'unknown', '', '', '', ''} end
+local function answer(verdict, now_status) return {verdict, now_status, job[2], job[3], job[4] or ''} end
 local s = redis.call('HMGET', slices, n .. ':a', n .. ':st')
-if not s[1] then return {'unknown', status} end
-if s[1] ~= attempt then return {'stale', status} end
-if s[2] ~= 'dispatched' then return {'duplicate', status} end
+if not s[1] then return answer('unknown', status) end
+if s[1] ~= attempt then return answer('stale', status) end
+if s[2] ~= 'dispatched' then return answer('duplicate', status) end
 redis.call('ZREM', KEYS[2], id .. '/' .. n .. '/' .. attempt)
 end_dispatch(base, id)
 if status ~= 'waiting' then
   redis.call('HSET', slices, n .. ':st', 'abandoned')
-  return {'inactive', status}
+  return answer('inactive', status)
 end
 if ARGV[5] == 'failed' then
   local verdict = fail_slice(base, KEYS[1], id, n, attempt, ARGV[6], ARGV[7], now, ARGV[9], ARGV[11])
-  return {verdict, verdict == 'dead' and 'dead' or 'waiting'}
+  return answer(verdict, verdict == 'dead' and 'dead' or 'waiting')
 end
 redis.call('HSET', slices, n .. ':st', 'succeeded', n .. ':out', ARGV[6])
 local done = redis.call('HINCRBY', jobkey, 'slices_succeeded', 1)
 redis.call('HSET', jobkey, 'updated_ms', now)
 local total = tonumber(redis.call('HGET', jobkey, 'slices_total'))
-if done < total then return {'applied', 'waiting'} end
+if done < total then return answer('applied', 'waiting') end
 local outs = {}
 for i = 0, total - 1 do outs[#outs + 1] = redis.call('HGET', slices, i .. ':out') end
 redis.call('HSET', jobkey, 'status', 'succeeded', 'result', '[' .. table.concat(outs, ',') .. ']',
            'finished_ms', now)
 bump(KEYS[1], 'waiting', 'succeeded')
 expire_job(base, id, ARGV[10])
-return {'completed', 'succeeded'}
+return answer('completed', 'succeeded')
 """
 
 # Dead job back onto its queue, keeping id and history; the retry budget starts afresh.

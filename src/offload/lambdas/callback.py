@@ -8,24 +8,29 @@ when the compute function itself failed. Both carry the slice's callback token.
 from __future__ import annotations
 
 import json
+import time
 from typing import Any
 
 from aws_lambda_powertools.logging import Logger
+from aws_lambda_powertools.tracing import Tracer
 from pydantic import ValidationError
 
+from offload import observability as obs
 from offload import tokens
 from offload.config import settings
 from offload.connection import connect
 from offload.errors import CallbackRejected, QueueUnavailable
 from offload.http import HttpError, error_response, json_body, parse_event, respond
 from offload.models import LambdaFailureRecord, SliceInvocation, SliceOutcome
-from offload.queue import OutcomeVerdict, Queue
+from offload.queue import Outcome, OutcomeVerdict, Queue
 from offload.retries import backoff_ms
 
 logger = Logger(service="offload-callback")
+tracer = Tracer(service="offload-callback", auto_patch=False)
 
 SETTINGS = settings()
 QUEUE = Queue(connect(SETTINGS, "api"), SETTINGS)
+METRICS = obs.new_metrics(SETTINGS)
 _SECRET: str | None = None
 
 
@@ -36,9 +41,18 @@ def _secret() -> str:
     return _SECRET
 
 
+@tracer.capture_lambda_handler(capture_response=False)
 def handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
-    if "requestPayload" in event and "httpMethod" not in event:
-        return on_failure_record(event)
+    logger.clear_state()
+    try:
+        if "requestPayload" in event and "httpMethod" not in event:
+            return on_failure_record(event)
+        return on_request(event)
+    finally:
+        obs.flush(METRICS)
+
+
+def on_request(event: dict[str, Any]) -> dict[str, Any]:
     try:
         request = parse_event(event)
         logger.set_correlation_id(request.request_id or None)
@@ -46,7 +60,9 @@ def handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
             raise HttpError(404, "not_found", f"no route for {request.method} {request.path or request.resource}")
         job_id = request.path_params.get("job_id", "")
         outcome = json_body(request, SliceOutcome, max_bytes=SETTINGS.max_body_bytes * 4)
-        verdict, status = apply(job_id, outcome)
+        if trace := request.header(obs.TRACE_HEADER):
+            logger.append_keys(xray_trace_id=obs.trace_root(trace))
+        applied = apply(job_id, outcome)
     except HttpError as e:
         return error_response(e)
     except QueueUnavailable as e:
@@ -59,12 +75,12 @@ def handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
                 headers={"Retry-After": str(SETTINGS.retry_after_s)},
             )
         )
-    if verdict == OutcomeVerdict.UNKNOWN:
+    if applied.verdict == OutcomeVerdict.UNKNOWN:
         return error_response(HttpError(404, "job_not_found", f"no job {job_id!r} with slice {outcome.slice}"))
-    return respond(200, {"verdict": verdict, "job_status": status})
+    return respond(200, {"verdict": applied.verdict, "job_status": applied.job_status})
 
 
-def apply(job_id: str, outcome: SliceOutcome) -> tuple[OutcomeVerdict, str]:
+def apply(job_id: str, outcome: SliceOutcome) -> Outcome:
     logger.append_keys(job_id=job_id, slice_id=outcome.slice, attempt=outcome.attempt)
     try:
         tokens.verify(_secret(), outcome.token, job_id, outcome.slice, outcome.attempt)
@@ -73,18 +89,21 @@ def apply(job_id: str, outcome: SliceOutcome) -> tuple[OutcomeVerdict, str]:
         raise HttpError(403, "forbidden", str(e)) from None
 
     succeeded = outcome.status == "succeeded"
-    verdict, status = QUEUE.apply_outcome(
+    applied = QUEUE.apply_outcome(
         job_id,
         outcome.slice,
         outcome.attempt,
         succeeded=succeeded,
-        result_json=_json(outcome.result) if succeeded else "",
+        result_json=json.dumps(outcome.result, separators=(",", ":"), allow_nan=False) if succeeded else "",
         reason=outcome.error or "the compute function reported a failure without a reason",
         retryable=outcome.retryable,
         backoff_ms=backoff_ms(outcome.attempt, SETTINGS.retry_base_s, SETTINGS.retry_max_s),
     )
-    _log(verdict, outcome.error)
-    return verdict, status
+    logger.append_keys(job_type=applied.type or None, tenant=applied.tenant or None)
+    tracer.put_annotation(key="job_id", value=job_id)
+    tracer.put_annotation(key="job_type", value=applied.type)
+    _record(applied, outcome.error)
+    return applied
 
 
 def on_failure_record(event: dict[str, Any]) -> dict[str, Any]:
@@ -104,25 +123,32 @@ def on_failure_record(event: dict[str, Any]) -> dict[str, Any]:
         retryable=True,
     )
     try:
-        verdict, status = apply(invocation.job_id, outcome)
+        applied = apply(invocation.job_id, outcome)
     except HttpError as e:
         return {"verdict": "rejected", "reason": e.message}
     # QueueUnavailable propagates: the destination invocation fails and Lambda retries it
-    return {"verdict": str(verdict), "job_status": status}
+    return {"verdict": str(applied.verdict), "job_status": applied.job_status}
 
 
-def _json(value: Any) -> str:
-    return json.dumps(value, separators=(",", ":"), allow_nan=False)
-
-
-def _log(verdict: OutcomeVerdict, error: str | None) -> None:
+def _record(applied: Outcome, error: str | None) -> None:
+    """One log line and the metrics for what the outcome did."""
+    verdict = applied.verdict
     if verdict in (OutcomeVerdict.STALE, OutcomeVerdict.DUPLICATE, OutcomeVerdict.INACTIVE):
         logger.info("callback ignored", extra={"verdict": verdict})
-    elif verdict == OutcomeVerdict.COMPLETED:
+        return
+    if verdict in (OutcomeVerdict.APPLIED, OutcomeVerdict.COMPLETED):
+        obs.count(METRICS, obs.SLICES_SUCCEEDED)
+    elif verdict in (OutcomeVerdict.RETRYING, OutcomeVerdict.DEAD):
+        obs.count(METRICS, obs.SLICES_FAILED)
+    if verdict == OutcomeVerdict.COMPLETED:
+        obs.count(METRICS, obs.JOBS_SUCCEEDED)
+        if applied.created_ms:
+            obs.milliseconds(METRICS, obs.JOB_LATENCY, time.time() * 1000 - applied.created_ms)
         logger.info("slice succeeded; job succeeded")
     elif verdict == OutcomeVerdict.APPLIED:
         logger.info("slice succeeded")
     elif verdict == OutcomeVerdict.RETRYING:
         logger.info("slice failed; retrying", extra={"error": error})
     elif verdict == OutcomeVerdict.DEAD:
+        obs.count(METRICS, obs.JOBS_DEAD_LETTERED)
         logger.info("slice failed; job dead-lettered", extra={"error": error})

@@ -5,21 +5,27 @@ from __future__ import annotations
 
 import json
 import os
+import time
 import urllib.error
 import urllib.request
 from typing import Any
 
 import boto3
 from aws_lambda_powertools.logging import Logger
+from aws_lambda_powertools.tracing import Tracer
 from pydantic import ValidationError
 
+from offload import observability as obs
 from offload import signing
+from offload.config import settings
 from offload.errors import SliceFailed, UnknownJobType
 from offload.handlers import registry
 from offload.models import SliceInvocation, SliceOutcome
 from offload.registry import SliceContext
 
 logger = Logger(service="offload-compute")
+tracer = Tracer(service="offload-compute", patch_modules=["botocore"])
+METRICS = obs.new_metrics(settings())
 
 _SESSION = boto3.Session()
 CALLBACK_TIMEOUT_S = 10.0
@@ -30,7 +36,16 @@ class CallbackUndelivered(Exception):
     after its retries the OnFailure destination reports the slice as failed."""
 
 
+@tracer.capture_lambda_handler(capture_response=False)
 def handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
+    logger.clear_state()
+    try:
+        return run(event)
+    finally:
+        obs.flush(METRICS)
+
+
+def run(event: dict[str, Any]) -> dict[str, Any]:
     try:
         invocation = SliceInvocation.model_validate(event)
     except ValidationError as e:
@@ -41,7 +56,14 @@ def handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
         job_id=invocation.job_id, job_type=invocation.type, slice_id=invocation.slice, attempt=invocation.attempt
     )
 
+    tracer.put_annotation(key="job_id", value=invocation.job_id)
+    tracer.put_annotation(key="job_type", value=invocation.type)
+    if invocation.trace:
+        logger.append_keys(xray_trace_id=obs.trace_root(invocation.trace))
+
+    started = time.monotonic()
     outcome = run_slice(invocation)
+    obs.milliseconds(METRICS, obs.SLICE_DURATION, (time.monotonic() - started) * 1000)
     deliver(invocation, outcome)
     logger.info("slice " + outcome.status, extra={"error": outcome.error} if outcome.error else None)
     return {"status": outcome.status}
@@ -73,6 +95,11 @@ def deliver(invocation: SliceInvocation, outcome: SliceOutcome) -> None:
         raise CallbackUndelivered("no AWS credentials to sign the callback with")
     region = os.environ.get("AWS_REGION") or _SESSION.region_name or "us-east-1"
     headers = signing.sign(invocation.callback_url, body, credentials, region)
+    # In Lambda, this invocation's own segment (same trace); elsewhere the worker's header.
+    # Added after signing: API Gateway does not need it signed, and it changes per hop.
+    trace = os.environ.get("_X_AMZN_TRACE_ID") or invocation.trace
+    if trace:
+        headers[obs.TRACE_HEADER] = trace
     request = urllib.request.Request(invocation.callback_url, data=body, headers=headers, method="POST")
     try:
         with urllib.request.urlopen(request, timeout=CALLBACK_TIMEOUT_S) as response:

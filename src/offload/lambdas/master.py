@@ -9,7 +9,9 @@ import os
 from typing import Any
 
 from aws_lambda_powertools.logging import Logger
+from aws_lambda_powertools.tracing import Tracer
 
+from offload import observability as obs
 from offload.config import settings
 from offload.connection import connect
 from offload.errors import QueueUnavailable, UnknownJobType
@@ -20,21 +22,38 @@ from offload.models import JobAccepted, JobRequest, JobView
 from offload.queue import EnqueueVerdict, NewJob, Queue
 
 logger = Logger(service="offload-master")
+# Nothing is patched: this function talks to Redis only, and the X-Ray SDK's botocore
+# patch would be dead weight here.
+tracer = Tracer(service="offload-master", auto_patch=False)
 
 SETTINGS = settings()
 # Module scope: one connection pool per execution environment, reused across invocations.
 QUEUE = Queue(connect(SETTINGS, "api"), SETTINGS)
+METRICS = obs.new_metrics(SETTINGS)
 
 
+@tracer.capture_lambda_handler(capture_response=False)
 def handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
+    logger.clear_state()
+    try:
+        response = answer(event)
+    finally:
+        obs.flush(METRICS)
+    return response
+
+
+def answer(event: dict[str, Any]) -> dict[str, Any]:
     try:
         request = parse_event(event)
         logger.set_correlation_id(request.request_id or None)
         return route(request)
     except HttpError as e:
+        if e.status not in (404, 405):
+            obs.rejected(SETTINGS, e.error)
         return error_response(e)
     except QueueUnavailable as e:
         logger.warning("queue unavailable; answering 503", extra={"reason": str(e)})
+        obs.rejected(SETTINGS, "queue_unavailable")
         retry_after = str(SETTINGS.retry_after_s)
         return error_response(
             HttpError(
@@ -77,7 +96,8 @@ def submit(request: Request) -> dict[str, Any]:
             payload=payload_json,
             tenant=tenant,
             max_tries=job_type.max_tries,
-            trace=os.environ.get("_X_AMZN_TRACE_ID", ""),
+            # Lambda's own trace (the API's request, in AWS), else the gateway's header
+            trace=os.environ.get("_X_AMZN_TRACE_ID") or request.header(obs.TRACE_HEADER),
             priority=body.priority,
         ),
         idempotency_key=idempotency_key,
@@ -98,6 +118,10 @@ def submit(request: Request) -> dict[str, Any]:
             f"Idempotency-Key {idempotency_key!r} was used for a different request (job {result.job_id})",
         )
 
+    tracer.put_annotation(key="job_id", value=result.job_id)
+    tracer.put_annotation(key="job_type", value=body.type)
+    if result.verdict == EnqueueVerdict.ACCEPTED:
+        obs.count(METRICS, obs.JOBS_ACCEPTED)
     location = f"/jobs/{result.job_id}"
     headers = {"Location": location}
     if result.verdict == EnqueueVerdict.DUPLICATE:

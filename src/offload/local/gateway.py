@@ -18,6 +18,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 from offload import signing
+from offload.observability import TRACE_HEADER, new_trace_header
 
 Handler = Callable[[dict[str, Any], Any], dict[str, Any]]
 
@@ -133,6 +134,9 @@ class Gateway:
         else:
             identity.update(caller="local")
 
+        if "x-amzn-trace-id" not in headers:
+            # API Gateway (tracing on) starts a trace for every request that has none
+            http.headers[TRACE_HEADER] = new_trace_header()
         event = self._event(http, route, match.groupdict(), path, query, body, identity)
         with self._locks[route.function]:
             response = self.handlers[route.function](event, self.context_factory(route.function))

@@ -77,7 +77,7 @@ class LocalLambda:
         # spawn, not fork: the parent has threads (heartbeat, HTTP server) that fork would copy mid-lock
         return ProcessPoolExecutor(max_workers=self.concurrency, mp_context=multiprocessing.get_context("spawn"))
 
-    def invoke_async(self, payload: bytes) -> None:
+    def invoke_async(self, payload: bytes, trace: str = "") -> None:
         self._submit(json.loads(payload), 1)
 
     def _submit(self, event: dict[str, Any], invoke_count: int) -> None:

@@ -1,0 +1,131 @@
+"""Metrics (CloudWatch EMF) and the X-Ray trace header that ties one job's trace together.
+
+Metric names and dimensions are the ones template.yaml's alarms, dashboard and scaling
+policy read: namespace ``POWERTOOLS_METRICS_NAMESPACE`` (``offload``), dimensions
+``stage`` and ``queue``.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import threading
+import time
+
+from aws_lambda_powertools.metrics import Metrics, MetricUnit, single_metric
+
+from offload.config import Settings
+
+TRACE_HEADER = "X-Amzn-Trace-Id"
+
+# Counters
+JOBS_ACCEPTED = "JobsAccepted"
+JOBS_REJECTED = "JobsRejected"
+JOBS_TAKEN = "JobsTaken"
+JOBS_SUCCEEDED = "JobsSucceeded"
+JOBS_RETRIED = "JobsRetried"
+JOBS_DEAD_LETTERED = "JobsDeadLettered"
+JOBS_REPLAYED = "JobsReplayed"
+SLICES_DISPATCHED = "SlicesDispatched"
+SLICES_SUCCEEDED = "SlicesSucceeded"
+SLICES_FAILED = "SlicesFailed"
+WORKER_HEARTBEAT = "WorkerHeartbeat"
+# Gauges (published by one worker per interval)
+QUEUE_DEPTH = "QueueDepth"
+OLDEST_QUEUED_AGE = "OldestQueuedAgeSeconds"
+DEAD_LETTER_DEPTH = "DeadLetterDepth"
+BACKLOG_PER_WORKER = "BacklogPerWorker"
+SLICES_IN_FLIGHT = "SlicesInFlight"
+# Timings
+JOB_LATENCY = "JobLatencyMs"
+SLICE_DURATION = "SliceDurationMs"
+
+
+def new_metrics(settings: Settings) -> Metrics:
+    metrics = Metrics(namespace=os.environ.get("POWERTOOLS_METRICS_NAMESPACE", "offload"))
+    metrics.set_default_dimensions(stage=settings.stage, queue=settings.queue)
+    return metrics
+
+
+def rejected(settings: Settings, reason: str) -> None:
+    """One rejected submission, with its reason as an extra dimension (emitted at once)."""
+    with single_metric(
+        name=JOBS_REJECTED,
+        unit=MetricUnit.Count,
+        value=1,
+        namespace=os.environ.get("POWERTOOLS_METRICS_NAMESPACE", "offload"),
+        default_dimensions={"stage": settings.stage, "queue": settings.queue},
+    ) as metric:
+        metric.add_dimension(name="reason", value=reason)
+
+
+def count(metrics: Metrics, name: str, value: float = 1) -> None:
+    metrics.add_metric(name=name, unit=MetricUnit.Count, value=value)
+
+
+def milliseconds(metrics: Metrics, name: str, value: float) -> None:
+    metrics.add_metric(name=name, unit=MetricUnit.Milliseconds, value=value)
+
+
+def flush(metrics: Metrics) -> None:
+    """Print what was recorded as one EMF document (nothing if nothing was recorded)."""
+    if metrics.metric_set:
+        metrics.flush_metrics()
+
+
+class SharedMetrics:
+    """Metrics a long-running process records from several threads and flushes now and then."""
+
+    def __init__(self, settings: Settings, flush_every_s: float = 10.0) -> None:
+        self._metrics = new_metrics(settings)
+        self._lock = threading.Lock()
+        self._flush_every_s = flush_every_s
+        self._next_flush = time.monotonic() + flush_every_s
+
+    def count(self, name: str, value: float = 1) -> None:
+        with self._lock:
+            count(self._metrics, name, value)
+
+    def milliseconds(self, name: str, value: float) -> None:
+        with self._lock:
+            milliseconds(self._metrics, name, value)
+
+    def gauge(self, name: str, value: float, unit: MetricUnit = MetricUnit.Count) -> None:
+        with self._lock:
+            self._metrics.add_metric(name=name, unit=unit, value=value)
+
+    def flush(self, *, force: bool = False) -> None:
+        with self._lock:
+            if force or time.monotonic() >= self._next_flush:
+                self._next_flush = time.monotonic() + self._flush_every_s
+                flush(self._metrics)
+
+
+# -- the trace header --------------------------------------------------------------------
+
+
+def new_trace_header() -> str:
+    """A fresh X-Ray header, as API Gateway makes for a request that has none."""
+    return f"Root=1-{int(time.time()):08x}-{secrets.token_hex(12)};Sampled=1"
+
+
+def trace_fields(header: str) -> dict[str, str]:
+    fields = {}
+    for part in header.split(";"):
+        name, sep, value = part.strip().partition("=")
+        if sep:
+            fields[name] = value
+    return fields
+
+
+def trace_root(header: str) -> str:
+    return trace_fields(header).get("Root", "")
+
+
+def child_header(header: str, parent_id: str = "") -> str:
+    """The header a downstream call carries: same root and sampling, a new parent span."""
+    fields = trace_fields(header)
+    if "Root" not in fields:
+        return ""
+    parent = parent_id or secrets.token_hex(8)
+    return f"Root={fields['Root']};Parent={parent};Sampled={fields.get('Sampled', '1')}"

@@ -1,0 +1,185 @@
+"""One trace per job (the X-Ray header travels master -> worker -> compute -> callback),
+log lines that carry the job's keys, and EMF metrics the alarms can read."""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
+from types import ModuleType
+from typing import Any
+
+import boto3
+import pytest
+from moto import mock_aws
+
+from offload import observability as obs
+from offload.dispatch import LambdaInvoker
+from offload.local.gateway import Gateway
+from offload.queue import Queue
+from tests.conftest import api_event, body_of
+from tests.test_worker import RecordingInvoker, dispatcher_for
+
+TRACE = "Root=1-6750a1b2-0123456789abcdef01234567;Parent=53995c3f42cd8ad8;Sampled=1"
+THUMBNAIL = {"type": "thumbnail", "payload": {"images": ["file:samples/images/rocket.jpg"], "sizes": [16]}}
+
+
+class TracingInvoker(RecordingInvoker):
+    def __init__(self) -> None:
+        super().__init__()
+        self.traces: list[str] = []
+
+    def invoke_async(self, payload: bytes, trace: str = "") -> None:
+        super().invoke_async(payload, trace)
+        self.traces.append(trace)
+
+
+@contextmanager
+def json_logs(logger: Any) -> Iterator[list[dict[str, Any]]]:
+    """The JSON lines a Powertools logger writes while the block runs."""
+    buffer = io.StringIO()
+    handler = logging.StreamHandler(buffer)
+    handler.setFormatter(logger.registered_formatter)
+    logger._logger.addHandler(handler)
+    lines: list[dict[str, Any]] = []
+    try:
+        yield lines
+    finally:
+        logger._logger.removeHandler(handler)
+        lines += [json.loads(line) for line in buffer.getvalue().splitlines()]
+
+
+def emf_documents(text: str) -> list[dict[str, Any]]:
+    docs = []
+    for line in text.splitlines():
+        if line.startswith("{") and '"_aws"' in line:
+            docs.append(json.loads(line))
+    return docs
+
+
+def metric_values(docs: list[dict[str, Any]], name: str) -> list[float]:
+    values: list[float] = []
+    for doc in docs:
+        if name in doc:
+            values += doc[name] if isinstance(doc[name], list) else [doc[name]]
+    return values
+
+
+@pytest.fixture
+def recording_callback(callback: ModuleType) -> Iterator[tuple[Gateway, list[dict[str, Any]]]]:
+    seen: list[dict[str, Any]] = []
+
+    def handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
+        seen.append(event)
+        response: dict[str, Any] = callback.handler(event, context)
+        return response
+
+    gateway = Gateway({"callback": handler}, {"testing": "testing"})
+    gateway.start()
+    yield gateway, seen
+    gateway.stop()
+
+
+def test_the_trace_header_is_carried_from_the_api_call_to_the_last_callback(
+    master: ModuleType,
+    compute: ModuleType,
+    queue: Queue,
+    monkeypatch: pytest.MonkeyPatch,
+    recording_callback: tuple[Gateway, list[dict[str, Any]]],
+) -> None:
+    gateway, seen = recording_callback
+    monkeypatch.setenv("_X_AMZN_TRACE_ID", TRACE)  # what Lambda sets for the master's invocation
+    job_id = body_of(master.handler(api_event("POST", "/jobs", THUMBNAIL), None))["job_id"]
+    monkeypatch.delenv("_X_AMZN_TRACE_ID")
+
+    [job], _ = queue.take("w1", 1)
+    queue.fan_out("w1", job_id, [json.dumps({"image": "file:samples/images/rocket.jpg", "sizes": [16],
+                                              "format": "jpeg"})])  # fmt: skip
+    invoker = TracingInvoker()
+    dispatcher = dispatcher_for(invoker, queue)
+    dispatcher.callback_base_url = gateway.url
+    dispatcher.dispatch(queue.take_slices("w1", 1))
+    compute.handler(invoker.events[0], None)
+
+    root = obs.trace_root(TRACE)
+    assert job.trace == TRACE
+    assert obs.trace_root(invoker.traces[0]) == root and invoker.events[0]["trace"] == invoker.traces[0]
+    assert obs.trace_fields(invoker.traces[0])["Parent"] != "53995c3f42cd8ad8"  # the worker's own span
+    callback_headers = {k.lower(): v for k, v in seen[0]["headers"].items()}
+    assert obs.trace_root(callback_headers["x-amzn-trace-id"]) == root
+    assert queue.get(job_id).status == "succeeded"  # type: ignore[union-attr]
+
+
+@mock_aws(config={"lambda": {"use_docker": False}})
+def test_the_lambda_invoke_request_carries_the_trace_header() -> None:
+    iam = boto3.client("iam")
+    role = iam.create_role(RoleName="compute", AssumeRolePolicyDocument="{}")["Role"]["Arn"]
+    client = boto3.client("lambda")
+    client.create_function(
+        FunctionName="compute", Runtime="python3.12", Role=role, Handler="x.handler", Code={"ZipFile": b"PK"}
+    )
+    sent: list[dict[str, str]] = []
+    invoker = LambdaInvoker(client, "compute")
+    client.meta.events.register_last(
+        "before-sign.lambda.Invoke", lambda request, **_: sent.append(dict(request.headers))
+    )
+
+    invoker.invoke_async(b"{}", TRACE)
+    invoker.invoke_async(b"{}")
+
+    assert sent[0]["X-Amzn-Trace-Id"] == TRACE
+    assert "X-Amzn-Trace-Id" not in sent[1]
+
+
+def test_the_master_logs_one_json_line_with_the_job_keys(master: ModuleType) -> None:
+    with json_logs(master.logger) as lines:
+        master.handler(api_event("POST", "/jobs", THUMBNAIL), None)
+
+    [accepted] = [line for line in lines if line["message"] == "job accepted"]
+    assert accepted["job_type"] == "thumbnail" and len(accepted["job_id"]) == 32
+    assert accepted["correlation_id"] == "req-1" and accepted["tenant"]
+
+
+def test_the_callback_logs_carry_job_slice_attempt_type_and_tenant(callback: ModuleType, queue: Queue) -> None:
+    from tests.test_callback import dispatched_job, outcome, post
+
+    job_id = dispatched_job(queue)
+    with json_logs(callback.logger) as lines:
+        post(callback, job_id, outcome(job_id))
+
+    [applied] = [line for line in lines if line["message"] == "slice succeeded"]
+    assert applied["job_id"] == job_id and applied["slice_id"] == 0 and applied["attempt"] == 1
+    assert applied["job_type"] == "thumbnail" and applied["tenant"] == "t"
+
+
+def test_the_master_emits_emf_for_accepted_and_rejected_jobs(
+    master: ModuleType, capsys: pytest.CaptureFixture[str]
+) -> None:
+    master.handler(api_event("POST", "/jobs", THUMBNAIL), None)
+    master.handler(api_event("POST", "/jobs", {"type": "nope", "payload": {}}), None)
+
+    docs = emf_documents(capsys.readouterr().out)
+    assert metric_values(docs, obs.JOBS_ACCEPTED) == [1.0]
+    [rejected] = [d for d in docs if obs.JOBS_REJECTED in d]
+    directive = rejected["_aws"]["CloudWatchMetrics"][0]
+    assert directive["Namespace"] == "offload" and sorted(directive["Dimensions"][0]) == ["queue", "reason", "stage"]
+    assert rejected["reason"] == "unknown_job_type"
+
+
+def test_the_callback_emits_slice_and_job_metrics(
+    callback: ModuleType, queue: Queue, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from tests.test_callback import dispatched_job, outcome, post
+
+    job_id = dispatched_job(queue, slices=1)
+    post(callback, job_id, outcome(job_id))
+
+    docs = emf_documents(capsys.readouterr().out)
+    assert metric_values(docs, obs.SLICES_SUCCEEDED) == [1.0] and metric_values(docs, obs.JOBS_SUCCEEDED) == [1.0]
+    [latency] = metric_values(docs, obs.JOB_LATENCY)
+    assert latency >= 0
+    doc = next(d for d in docs if obs.JOBS_SUCCEEDED in d)
+    assert doc["_aws"]["CloudWatchMetrics"][0]["Dimensions"] == [["stage", "queue"]]
+    assert doc["stage"] == "local" and doc["queue"] == "default"
