@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import textwrap
@@ -384,6 +385,17 @@ def test_worker_runs_jobs_until_sigterm(queue: Queue) -> None:
         worker.kill()
         worker.wait()
     assert queue.get(job_id).result == {"n": 1}  # type: ignore[union-attr]
+
+
+def test_local_up_on_a_port_in_use_exits_1(tmp_path: Path) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = str(taken.getsockname()[1])
+
+        code, body = offload_process("local", "up", "--port", port, "--state-dir", str(tmp_path))
+
+    assert code == 1 and body["error"].startswith("cannot start the local stack") and "in use" in body["error"]
 
 
 def test_local_run_of_a_missing_images_folder_exits_1(offload: Run, tmp_path: Path) -> None:

@@ -13,7 +13,7 @@ import urllib.request
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, NoReturn, TextIO
+from typing import TYPE_CHECKING, Any, NoReturn, TextIO
 
 import redis
 
@@ -21,6 +21,9 @@ from offload import config, operations
 from offload.errors import OffloadError
 from offload.jobs import Status
 from offload.queue import Queue
+
+if TYPE_CHECKING:
+    from offload.local.stack import LocalStack
 
 DEFAULT_API = "http://127.0.0.1:8787"
 SAMPLE_IMAGES = Path("samples/images")
@@ -66,73 +69,84 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="offload", description=__doc__)
-    commands = parser.add_subparsers(required=True, metavar="COMMAND")
-
-    def command(name: str, run: Any, help_text: str, parent: Any = commands) -> argparse.ArgumentParser:
-        sub: argparse.ArgumentParser = parent.add_parser(name, help=help_text, description=help_text)
-        sub.set_defaults(run=run)
-        sub.add_argument("--json", action="store_true", help="machine-readable output")
-        return sub
-
-    def group(name: str, help_text: str) -> Any:
-        return commands.add_parser(name, help=help_text, description=help_text).add_subparsers(
-            required=True, metavar="COMMAND"
-        )
-
-    def on_queue(sub: argparse.ArgumentParser) -> argparse.ArgumentParser:
-        sub.add_argument("--queue", type=_queue_name, help="queue name (default: $OFFLOAD_QUEUE or default)")
-        return sub
-
-    local = group("local", "the local stack (no Docker, no AWS)")
-    up = command("up", cmd_local_up, "serve the whole stack on 127.0.0.1 until stopped", local)
-    up.add_argument("--port", type=int, default=8787)
-    up.add_argument("--state-dir", type=Path, default=Path(".offload"))
-    run = command("run", cmd_local_run, "run one thumbnail job through the local stack and check it", local)
-    run.add_argument("--images", type=Path, default=SAMPLE_IMAGES, help="folder of images (default: the samples)")
-    run.add_argument("--sizes", default="128,512", help="comma-separated longest edges in px")
-    run.add_argument("--format", default="webp", choices=("jpeg", "png", "webp"))
-    run.add_argument("--state-dir", type=Path, default=Path(".offload"))
-    run.add_argument("--timeout", type=_positive(float), default=120.0)
-
-    command("worker", cmd_worker, "run the worker against REDIS_URL (the Fargate task's process)")
-
-    submit = command("submit", cmd_submit, 'submit a job file ({"type": ..., "payload": ...}) or - for stdin')
-    submit.add_argument("file")
-    submit.add_argument("--api", default=os.environ.get("OFFLOAD_API_URL", DEFAULT_API))
-    submit.add_argument("--wait", action="store_true", help="poll until the job ends")
-    submit.add_argument("--idempotency-key", default="")
-
-    status = on_queue(command("status", cmd_status, "show a job (read from Redis)"))
-    status.add_argument("job_id")
-
-    watch = on_queue(command("watch", cmd_watch, "follow a job's slices until it ends (exit 0 succeeded, 1 dead)"))
-    watch.add_argument("job_id")
-    watch.add_argument("--interval", type=_positive(float), default=0.5, help="seconds between polls (0.5)")
-    watch.add_argument("--timeout", type=_positive(float), help="give up (exit 1) after this many seconds")
-
-    dlq = group("dlq", "the dead-letter list")
-    dlq_list = on_queue(command("list", cmd_dlq_list, "list dead jobs with their reasons, newest first", dlq))
-    dlq_list.add_argument("--limit", type=_positive(int), default=50)
-    dlq_list.add_argument("--type", help="only jobs of this type")
-    show = on_queue(command("show", cmd_dlq_show, "show a dead job: reason, attempts, history", dlq))
-    show.add_argument("job_id")
-    replay = on_queue(command("replay", cmd_dlq_replay, "push dead jobs back on their queue, same id", dlq))
-    which = replay.add_mutually_exclusive_group(required=True)
-    which.add_argument("job_id", nargs="?", help="the dead job to replay")
-    which.add_argument("--all", action="store_true", help="every job in the dead-letter list")
-    which.add_argument("--type", help="every dead job of this type")
-
-    stats = command("stats", cmd_stats, "per queue: depth, in flight, retrying, dead, workers alive, oldest age")
+    commands = _Commands(parser.add_subparsers(required=True, metavar="COMMAND"))
+    _local_commands(commands)
+    _job_commands(commands)
+    _dlq_commands(commands)
+    stats = commands.add("stats", cmd_stats, "per queue: depth, in flight, retrying, dead, workers alive, oldest age")
     stats.add_argument(
         "--queue", dest="queues", action="append", type=_queue_name, help="a queue (repeatable; default $OFFLOAD_QUEUE)"
     )
-
-    invoke = command("invoke", cmd_invoke, "run one function's handler as sam local invoke would, without Docker")
+    invoke = commands.add("invoke", cmd_invoke, "run one function's handler as sam local invoke would, without Docker")
     invoke.add_argument("function", help="logical id (MasterFunction) or short name (master)")
     invoke.add_argument("--event", "-e", help="event JSON file, or - for stdin (default: {})")
     invoke.add_argument("--env-vars", "-n", type=Path, help='JSON overrides: {"Parameters": {...}, "<Id>": {...}}')
     invoke.add_argument("--template", "-t", type=Path, help="SAM template (default: ./template.yaml)")
     return parser
+
+
+class _Commands:
+    """Adds commands (each with ``--json``) and groups of them to the parser."""
+
+    def __init__(self, subparsers: Any) -> None:
+        self.subparsers = subparsers
+
+    def add(self, name: str, run: Callable[[argparse.Namespace], int], help_text: str) -> argparse.ArgumentParser:
+        sub: argparse.ArgumentParser = self.subparsers.add_parser(name, help=help_text, description=help_text)
+        sub.set_defaults(run=run)
+        sub.add_argument("--json", action="store_true", help="machine-readable output")
+        return sub
+
+    def add_on_queue(self, name: str, run: Callable[[argparse.Namespace], int], help_text: str) -> Any:
+        sub = self.add(name, run, help_text)
+        sub.add_argument("--queue", type=_queue_name, help="queue name (default: $OFFLOAD_QUEUE or default)")
+        return sub
+
+    def group(self, name: str, help_text: str) -> _Commands:
+        parser = self.subparsers.add_parser(name, help=help_text, description=help_text)
+        return _Commands(parser.add_subparsers(required=True, metavar="COMMAND"))
+
+
+def _local_commands(commands: _Commands) -> None:
+    local = commands.group("local", "the local stack (no Docker, no AWS)")
+    up = local.add("up", cmd_local_up, "serve the whole stack on 127.0.0.1 until stopped")
+    up.add_argument("--port", type=int, default=8787)
+    up.add_argument("--state-dir", type=Path, default=Path(".offload"))
+    run = local.add("run", cmd_local_run, "run one thumbnail job through the local stack and check it")
+    run.add_argument("--images", type=Path, default=SAMPLE_IMAGES, help="folder of images (default: the samples)")
+    run.add_argument("--sizes", default="128,512", help="comma-separated longest edges in px")
+    run.add_argument("--format", default="webp", choices=("jpeg", "png", "webp"))
+    run.add_argument("--state-dir", type=Path, default=Path(".offload"))
+    run.add_argument("--timeout", type=_positive(float), default=120.0)
+    commands.add("worker", cmd_worker, "run the worker against REDIS_URL (the Fargate task's process)")
+
+
+def _job_commands(commands: _Commands) -> None:
+    submit = commands.add("submit", cmd_submit, 'submit a job file ({"type": ..., "payload": ...}) or - for stdin')
+    submit.add_argument("file")
+    submit.add_argument("--api", default=os.environ.get("OFFLOAD_API_URL", DEFAULT_API))
+    submit.add_argument("--wait", action="store_true", help="poll until the job ends")
+    submit.add_argument("--idempotency-key", default="")
+    status = commands.add_on_queue("status", cmd_status, "show a job (read from Redis)")
+    status.add_argument("job_id")
+    watch = commands.add_on_queue("watch", cmd_watch, "follow a job's slices until it ends (exit 0 succeeded, 1 dead)")
+    watch.add_argument("job_id")
+    watch.add_argument("--interval", type=_positive(float), default=0.5, help="seconds between polls (0.5)")
+    watch.add_argument("--timeout", type=_positive(float), help="give up (exit 1) after this many seconds")
+
+
+def _dlq_commands(commands: _Commands) -> None:
+    dlq = commands.group("dlq", "the dead-letter list")
+    listing = dlq.add_on_queue("list", cmd_dlq_list, "list dead jobs with their reasons, newest first")
+    listing.add_argument("--limit", type=_positive(int), default=50)
+    listing.add_argument("--type", help="only jobs of this type")
+    show = dlq.add_on_queue("show", cmd_dlq_show, "show a dead job: reason, attempts, history")
+    show.add_argument("job_id")
+    replay = dlq.add_on_queue("replay", cmd_dlq_replay, "push dead jobs back on their queue, same id")
+    which = replay.add_mutually_exclusive_group(required=True)
+    which.add_argument("job_id", nargs="?", help="the dead job to replay")
+    which.add_argument("--all", action="store_true", help="every job in the dead-letter list")
+    which.add_argument("--type", help="every dead job of this type")
 
 
 def _positive(kind: Callable[[str], float]) -> Callable[[str], Any]:
@@ -217,12 +231,25 @@ def _logs_to_stderr() -> Iterator[TextIO]:
         os.close(saved)
 
 
+def _start(stack: LocalStack) -> None:
+    """Start the stack; if that fails, stop the Redis it may have started (nothing else runs
+    yet, and LocalStack.stop would wait for a gateway that never served)."""
+    try:
+        stack.start()
+    except BaseException as e:
+        if stack.redis is not None:
+            stack.redis.stop()
+        if isinstance(e, OSError):
+            raise OffloadError(f"cannot start the local stack: {e}") from e
+        raise
+
+
 def cmd_local_up(args: argparse.Namespace) -> int:
     from offload.local.stack import LocalStack
 
     with _logs_to_stderr() as answers:
         stack = LocalStack(port=args.port, state_dir=args.state_dir)
-        stack.start()
+        _start(stack)
         assert stack.worker is not None
         try:
             stack.worker.install_signal_handlers()
@@ -255,7 +282,7 @@ def cmd_local_run(args: argparse.Namespace) -> int:
 
     with _logs_to_stderr() as answers:
         stack = LocalStack(port=0, state_dir=args.state_dir, input_root=args.images.resolve())
-        stack.start()
+        _start(stack)
         try:
             stack.run_worker_in_background()
             if not args.json:
