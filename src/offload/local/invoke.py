@@ -106,11 +106,18 @@ def find_template(path: Path | None = None) -> Path:
     raise TemplateError(f"no template at {candidates[0]}")
 
 
+def _yaml() -> Any:
+    try:
+        import yaml
+    except ImportError:
+        raise TemplateError("reading the template needs PyYAML: pip install pyyaml") from None
+    return yaml
+
+
 @cache
 def _loader() -> Any:
     """A SafeLoader that reads CloudFormation's short forms (``!Ref``, ``!Sub``...)."""
-    import yaml
-
+    yaml = _yaml()
     loader: Any = type("CloudFormationLoader", (yaml.SafeLoader,), {})
     for name in SHORT_FORMS:
         loader.add_constructor(f"!{name}", _construct_intrinsic)
@@ -133,8 +140,7 @@ def _construct_intrinsic(loader: Any, node: Any) -> Intrinsic:
 
 def load_template(path: Path) -> dict[str, Any]:
     """The template as data, with every intrinsic function as an ``Intrinsic``."""
-    import yaml
-
+    yaml = _yaml()
     try:
         template = yaml.load(path.read_text(), Loader=_loader())  # a SafeLoader
     except (OSError, yaml.YAMLError) as e:
