@@ -362,6 +362,8 @@ class Queue:
         return bool(answer == "queued")
 
     def dead_job_ids(self, limit: int = 100) -> list[str]:
+        if limit <= 0:
+            return []
         with redis_guard():
             ids: list[str] = self.client.lrange(self.keys.dead, 0, limit - 1)  # type: ignore[assignment]
         return ids

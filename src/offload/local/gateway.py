@@ -94,7 +94,8 @@ class Gateway:
         self._thread.start()
 
     def stop(self) -> None:
-        self.server.shutdown()
+        if self._thread.is_alive():  # shutdown() would wait forever for a loop that never ran
+            self.server.shutdown()
         self.server.server_close()
 
     # -- one request ---------------------------------------------------------------------
