@@ -3,28 +3,41 @@
 One main loop (take, run, acknowledge with the next take; dispatch ready slices) and one
 heartbeat thread (renew the lease, reap dead workers' jobs), so a long inline job never
 lets the lease run out.
+
+What the worker holds is written down twice: in Redis (its processing list, guarded by its
+lease) and in hand (the batch it has yet to run, the acknowledgements it has yet to send,
+the slices it has handed to the compute function but not yet released). Whenever the two
+may have drifted apart (a Redis call failed, a reply was lost and redis-py sent the command
+again, the lease ran out) the worker reconciles them before it goes on: an entry Redis holds
+for it that it never heard of goes back to the queue (or, for a slice, is dispatched), and a
+job it has in hand that Redis no longer lists for it is dropped, as the reaper gave it to
+another worker. So the worker never keeps a job it cannot account for.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import random
 import signal
 import socket
 import threading
 import time
 import uuid
+from collections.abc import Callable, Sequence
 from types import FrameType
 from typing import Any
 
+import redis
 from aws_lambda_powertools.logging import Logger
 from pydantic import ValidationError
 
+from offload import connection, scripts
 from offload.config import Settings
-from offload.dispatch import Dispatcher
+from offload.dispatch import Dispatcher, DispatchResult
 from offload.errors import QueueUnavailable, SliceFailed, UnknownJobType
-from offload.jobs import TakenJob
-from offload.queue import Queue
+from offload.jobs import TakenJob, TakenSlice
+from offload.queue import Queue, _taken_job, redis_guard
 from offload.registry import Registry
 from offload.retries import backoff_ms
 from offload.scripts import ScriptCall
@@ -34,17 +47,33 @@ logger = Logger(service="offload-worker")
 # How many rounds of slice dispatch one loop turn may do before it takes jobs again.
 _DISPATCH_ROUNDS_PER_TURN = 4
 _ORPHAN_SWEEP_S = 60.0
+# Results of finished jobs ride with the next take; a slow batch sends them sooner.
+_ACK_MAX_DELAY_S = 0.05
+# The main loop's wait after Redis failed it (redis-py has already retried by then).
+_RETRY_BASE_S = 0.1
+_RETRY_CAP_S = 2.0
+# With nothing to block on (block_s = 0), an idle loop waits this long between takes.
+_IDLE_WAIT_S = 0.05
+
+# A failed call to Redis that the main loop survives: it waits, reconciles, and goes on.
+_TRANSIENT = (QueueUnavailable, redis.RedisError)
 
 
 class GraceExpired(BaseException):
     """Raised inside an inline handler when the shutdown grace period is over.
 
-    A BaseException, so a handler's ``except Exception`` does not swallow it.
+    A BaseException, so a handler's ``except Exception`` does not swallow it. It is raised
+    only while a handler runs, never in the middle of a call to Redis.
     """
 
 
 def new_worker_id() -> str:
     return f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+
+
+def retry_delay(failures: int) -> float:
+    """Wait before the main loop's next try: short at first, at most ``_RETRY_CAP_S``, jittered."""
+    return float(min(_RETRY_CAP_S, _RETRY_BASE_S * 2 ** max(0, failures - 1)) * random.uniform(0.5, 1.0))
 
 
 class Worker:
@@ -66,19 +95,42 @@ class Worker:
         self._heartbeat = threading.Thread(target=self._heartbeat_loop, name="heartbeat", daemon=True)
         self.processed = 0
 
+        # What this worker has in hand (the main loop's state; see the module docstring).
+        self._batch: list[TakenJob] = []  # taken, not yet run; the head may be running now
+        self._acks: list[tuple[str, ScriptCall]] = []  # (job id, finish/fail call) not yet sent
+        self._acks_since = 0.0
+        self._slices_out: list[str] = []  # slice refs handed to the compute function, not yet released
+        self._slice_failures: list[DispatchResult] = []  # dispatch failures not yet recorded
+
+        self._reconcile_due = threading.Event()
+        self._lost_replies_seen = connection.lost_replies()
+        self._reconcile_every_s = max(1.0, settings.lease_s)
+        self._next_reconcile = 0.0
+        self._in_handler = False
+        self.grace_expired = False
+        # The reaper holds off for a lease after Redis comes back (or after a start that had
+        # to wait for it): other workers were cut off too, and get that long to renew their
+        # leases before theirs count as run out.
+        self._reap_after = 0.0
+        self._outage = False
+
     # -- life cycle ----------------------------------------------------------------------
 
     def install_signal_handlers(self) -> None:
-        """SIGTERM/SIGINT: stop taking jobs; the job in hand gets ``shutdown_grace_s``."""
+        """SIGTERM/SIGINT: stop taking jobs; the job in hand gets ``shutdown_grace_s``, then is
+        requeued (without spending a try), and so are the jobs of the batch not yet started."""
 
         def on_stop(signum: int, frame: FrameType | None) -> None:
             if not self.stopping.is_set():
                 logger.info("stop requested; finishing the job in hand", extra={"signal": signum})
                 self.stopping.set()
-                signal.setitimer(signal.ITIMER_REAL, self.settings.shutdown_grace_s)
+                # 0 would disarm the timer: a grace of 0 means "at once"
+                signal.setitimer(signal.ITIMER_REAL, max(self.settings.shutdown_grace_s, 0.001))
 
         def on_grace_over(signum: int, frame: FrameType | None) -> None:
-            raise GraceExpired()
+            self.grace_expired = True
+            if self._in_handler:
+                raise GraceExpired()
 
         signal.signal(signal.SIGTERM, on_stop)
         signal.signal(signal.SIGINT, on_stop)
@@ -89,46 +141,78 @@ class Worker:
 
     def run(self) -> None:
         logger.append_keys(worker_id=self.worker_id, queue=self.settings.queue)
-        self._renew_lease()  # hold a lease before the first job can land in our processing list
+        # hold a lease before the first job can land in our processing list
+        if not self._take_lease():
+            logger.info("worker stopped before it could reach Redis")
+            return
         self._heartbeat.start()
         logger.info("worker started")
-        acks: list[ScriptCall] = []
         failures = 0
         try:
             while not self.stopping.is_set():
                 try:
-                    self._dispatch_ready()
-                    jobs, results = self.queue.take(
-                        self.worker_id, self.settings.batch_size, self.settings.block_s, acks
-                    )
-                    self._check_acks(acks, results)
+                    self._turn()
                     failures = 0
-                    acks = self._run_batch(jobs)
-                except QueueUnavailable as e:
-                    # Pending acks stay pending: re-sending one is harmless (each checks that the
-                    # job is still in our processing list), so nothing is lost or applied twice.
+                except _TRANSIENT as e:
                     failures += 1
-                    delay = min(5.0, 0.2 * 2**failures)
-                    logger.warning("Redis unavailable; retrying", extra={"reason": str(e), "retry_in_s": delay})
+                    self._reconcile_due.set()
+                    delay = retry_delay(failures)
+                    if isinstance(e, QueueUnavailable):
+                        logger.warning("Redis unavailable; retrying", extra={"reason": str(e), "retry_in_s": delay})
+                    else:
+                        logger.exception("Redis refused a call; retrying", extra={"retry_in_s": delay})
                     self.stopping.wait(delay)
-        except GraceExpired:
-            logger.warning("shutdown grace period over; the job in hand went back to the queue")
         finally:
             if threading.current_thread() is threading.main_thread():
                 signal.setitimer(signal.ITIMER_REAL, 0)
-            self._shutdown(acks)
+            self._shutdown()
 
-    def _shutdown(self, acks: list[ScriptCall]) -> None:
+    def _take_lease(self) -> bool:
+        failures = 0
+        while not self.stopping.is_set():
+            try:
+                self._renew_lease()
+            except _TRANSIENT as e:
+                failures += 1
+                delay = retry_delay(failures)
+                logger.warning("cannot reach Redis to start; retrying", extra={"reason": str(e), "retry_in_s": delay})
+                self.stopping.wait(delay)
+                continue
+            if failures:
+                self._reap_after = time.monotonic() + self.settings.lease_s
+            return True
+        return False
+
+    def _turn(self) -> None:
+        self._settle_slices()
+        if self._must_reconcile():
+            self._reconcile()
+        self._dispatch_ready()
+        if not self._batch:
+            if self.stopping.is_set():
+                return
+            jobs, results = self.queue.take(
+                self.worker_id, self.settings.batch_size, self.settings.block_s, [call for _, call in self._acks]
+            )
+            self._acked(results)
+            self._batch = jobs
+            if not jobs and self.settings.block_s <= 0:
+                self.stopping.wait(_IDLE_WAIT_S)
+        self._run_batch()
+
+    def _shutdown(self) -> None:
         try:
-            if acks:
-                _, results = self.queue.take(self.worker_id, 0, 0, acks)
-                self._check_acks(acks, results)
-            held = self.queue.client.llen(self.queue.keys.processing(self.worker_id))
+            self._settle_slices()
+            self._requeue_batch()
+            self._flush_acks()
+            self._reconcile()  # entries we never heard of go back now, not after the lease
+            self._requeue_batch()
+            held = int(self.queue.client.llen(self.queue.keys.processing(self.worker_id)))  # type: ignore[arg-type]
             if held == 0:
                 self.queue.retire(self.worker_id)
             else:
                 logger.warning("stopping with jobs held; the reaper returns them after the lease", extra={"held": held})
-        except QueueUnavailable as e:
+        except _TRANSIENT as e:
             logger.warning("could not flush on shutdown; the reaper will recover", extra={"reason": str(e)})
         finally:
             self._heartbeat_stop.set()
@@ -138,25 +222,27 @@ class Worker:
 
     # -- jobs ----------------------------------------------------------------------------
 
-    def _run_batch(self, jobs: list[TakenJob]) -> list[ScriptCall]:
-        acks: list[ScriptCall] = []
-        for index, job in enumerate(jobs):
+    def _run_batch(self) -> None:
+        while self._batch:
             if self.stopping.is_set():
-                for rest in jobs[index:]:
-                    self.queue.requeue(self.worker_id, rest.job_id)
-                break
+                self._requeue_batch()
+                return
+            job = self._batch[0]
             try:
                 ack = self._run_job(job)
             except GraceExpired:
-                self.queue.requeue(self.worker_id, job.job_id)
-                for rest in jobs[index + 1 :]:
-                    self.queue.requeue(self.worker_id, rest.job_id)
-                self._flush(acks)
-                raise
-            if ack is not None:
-                acks.append(ack)
+                logger.warning("shutdown grace period over; the job in hand goes back to the queue")
+                self._requeue_batch()
+                return
+            # a job stays at the head of the batch until its outcome is safe in hand
+            self._batch.pop(0)
             self.processed += 1
-        return acks
+            if ack is not None:
+                if not self._acks:
+                    self._acks_since = time.monotonic()
+                self._acks.append((job.job_id, ack))
+            if self._acks and time.monotonic() - self._acks_since >= _ACK_MAX_DELAY_S:
+                self._flush_acks()
 
     def _run_job(self, job: TakenJob) -> ScriptCall | None:
         """Run one job; returns its acknowledgement (sent with the next take), if any."""
@@ -172,7 +258,7 @@ class Worker:
 
         assert job_type.run is not None
         try:
-            result = job_type.run(payload)
+            result = self._call_handler(job_type.run, payload)
             result_json = json.dumps(result, separators=(",", ":"), allow_nan=False)
         except SliceFailed as e:
             return self._fail(job, e.reason, retryable=e.retryable, keys=keys)
@@ -182,6 +268,15 @@ class Worker:
             logger.exception("inline handler raised", extra=keys)
             return self._fail(job, f"{type(e).__name__}: {e}", retryable=True, keys=keys)
         return self.queue.finish_call(self.worker_id, job.job_id, result_json)
+
+    def _call_handler(self, run: Callable[[Any], Any], payload: Any) -> Any:
+        if self.grace_expired:
+            raise GraceExpired()
+        self._in_handler = True
+        try:
+            return run(payload)
+        finally:
+            self._in_handler = False
 
     def _fan_out(self, job: TakenJob, split: Any, payload: Any, keys: dict[str, Any]) -> ScriptCall | None:
         if self.dispatcher is None:
@@ -203,17 +298,24 @@ class Worker:
         delay = backoff_ms(job.failures + 1, self.settings.retry_base_s, self.settings.retry_max_s)
         return self.queue.fail_call(self.worker_id, job, reason, retryable=retryable, backoff_ms=delay)
 
-    def _flush(self, acks: list[ScriptCall]) -> None:
-        if acks:
-            _, results = self.queue.take(self.worker_id, 0, 0, acks)
-            self._check_acks(acks, results)
-            acks.clear()
+    def _flush_acks(self) -> None:
+        if self._acks:
+            _, results = self.queue.take(self.worker_id, 0, 0, [call for _, call in self._acks])
+            self._acked(results)
 
-    def _check_acks(self, acks: list[ScriptCall], results: list[Any]) -> None:
-        for call, result in zip(acks, results, strict=False):
+    def _acked(self, results: Sequence[Any]) -> None:
+        for (job_id, _), result in zip(self._acks, results, strict=False):
             if result == "lost":
-                # our lease ran out and the reaper gave the job to another worker
-                logger.warning("result discarded: the job was no longer ours", extra={"job_id": call.args[1]})
+                # applied by an earlier send whose reply was lost, or our lease ran out and the
+                # reaper gave the job to another worker: either way this result changes nothing
+                logger.info("result not applied: the job was no longer held by this worker", extra={"job_id": job_id})
+        self._acks = []
+
+    def _requeue_batch(self) -> None:
+        """Put the jobs of the batch not yet run back at the head of the queue (no try spent)."""
+        while self._batch:
+            self.queue.requeue(self.worker_id, self._batch[0].job_id)
+            self._batch.pop(0)
 
     # -- slices --------------------------------------------------------------------------
 
@@ -225,37 +327,126 @@ class Worker:
             slices = self.queue.take_slices(self.worker_id, batch)
             if not slices:
                 return
-            for outcome in self.dispatcher.dispatch(slices):
-                item, error = outcome.slice, outcome.error
-                keys = {
-                    "job_id": item.job_id,
-                    "job_type": item.type,
-                    "tenant": item.tenant,
-                    "slice_id": item.slice,
-                    "attempt": item.attempt,
-                }
-                if error is None:
-                    logger.info("slice dispatched", extra=keys)
-                    continue
-                logger.warning("slice dispatch failed", extra={**keys, "error": error.reason})
-                self.queue.apply_outcome(
-                    item.job_id,
-                    item.slice,
-                    item.attempt,
-                    succeeded=False,
-                    reason=error.reason,
-                    retryable=error.retryable,
-                    backoff_ms=backoff_ms(item.attempt, self.settings.retry_base_s, self.settings.retry_max_s),
-                )
-            self.queue.release_slices(self.worker_id, [s.ref for s in slices])
+            self._dispatch(slices)
             if len(slices) < batch:
                 return
+
+    def _dispatch(self, slices: Sequence[TakenSlice]) -> None:
+        assert self.dispatcher is not None
+        results = self.dispatcher.dispatch(slices)
+        self._slices_out.extend(s.ref for s in slices)
+        for outcome in results:
+            item = outcome.slice
+            keys = {
+                "job_id": item.job_id,
+                "job_type": item.type,
+                "tenant": item.tenant,
+                "slice_id": item.slice,
+                "attempt": item.attempt,
+            }
+            if outcome.error is None:
+                logger.info("slice dispatched", extra=keys)
+            else:
+                logger.warning("slice dispatch failed", extra={**keys, "error": outcome.error.reason})
+                self._slice_failures.append(outcome)
+        self._settle_slices()
+
+    def _settle_slices(self) -> None:
+        """Record failed dispatches, then release the dispatched slices from the processing list.
+        Each step is safe to repeat, so after a failure the next turn simply does it again."""
+        while self._slice_failures:
+            outcome = self._slice_failures[0]
+            item, error = outcome.slice, outcome.error
+            assert error is not None
+            self.queue.apply_outcome(
+                item.job_id,
+                item.slice,
+                item.attempt,
+                succeeded=False,
+                reason=error.reason,
+                retryable=error.retryable,
+                backoff_ms=backoff_ms(item.attempt, self.settings.retry_base_s, self.settings.retry_max_s),
+            )
+            self._slice_failures.pop(0)
+        if self._slices_out:
+            self.queue.release_slices(self.worker_id, self._slices_out)
+            self._slices_out = []
+
+    # -- reconciling what Redis holds for us with what we have in hand -------------------
+
+    def _must_reconcile(self) -> bool:
+        if self._reconcile_due.is_set() or time.monotonic() >= self._next_reconcile:
+            return True
+        # a reply lost in this process: the command may have run without our seeing it
+        return connection.lost_replies() != self._lost_replies_seen
+
+    def _reconcile(self) -> None:
+        self._lost_replies_seen = connection.lost_replies()
+        # A live lease keeps the reaper away from our list while we look at it and act.
+        self._renew_lease()
+        self._reconcile_due.clear()
+        key = self.queue.keys.processing(self.worker_id)
+        with redis_guard():
+            listed: list[str] = self.queue.client.lrange(key, 0, -1)  # type: ignore[assignment]
+        present = set(listed)
+        gone = [job.job_id for job in self._batch if job.job_id not in present]
+        if gone:
+            logger.warning("jobs in hand were given to another worker; dropping them", extra={"job_ids": gone})
+            self._batch = [job for job in self._batch if job.job_id in present]
+        known = {job.job_id for job in self._batch} | {job_id for job_id, _ in self._acks}
+        known |= set(self._slices_out) | {outcome.slice.ref for outcome in self._slice_failures}
+        strays = [item for item in dict.fromkeys(listed) if item not in known]
+        for item in strays:
+            if "/" in item:
+                self._adopt_slice(item)
+            else:
+                self._adopt_job(item)
+        if strays:
+            logger.warning("processing list held entries this worker never heard of", extra={"entries": strays})
+        self._next_reconcile = time.monotonic() + self._reconcile_every_s
+
+    def _adopt_job(self, item: str) -> None:
+        with redis_guard():
+            status = self.queue.client.hget(self.queue.keys.job(item), "status")
+            if status == "queued":
+                # moved by a BLMOVE whose reply was lost: start it as the take would have
+                rows = scripts.run(self.queue.client, self.queue.take_call(self.worker_id, 1, item))
+                self._batch.extend(_taken_job(row) for row in rows)
+                return
+        if status == "running":
+            # started by a take whose reply was lost: back to the head of the queue
+            self.queue.requeue(self.worker_id, item)
+        else:
+            # a wake-up marker, or a job that ended meanwhile: the entry holds nothing
+            self.queue.release_slices(self.worker_id, [item])
+
+    def _adopt_slice(self, ref: str) -> None:
+        job_id, _, n = ref.partition("/")
+        with redis_guard():
+            pipe = self.queue.client.pipeline(transaction=False)
+            pipe.hmget(self.queue.keys.slices(job_id), [f"{n}:st", f"{n}:a", f"{n}:in"])
+            pipe.hmget(self.queue.keys.job(job_id), ["status", "type", "tenant", "trace"])
+            (state, attempt, slice_input), (status, type_, tenant, trace) = pipe.execute()
+        if (
+            self.dispatcher is not None
+            and state == "dispatched"
+            and status == "waiting"
+            and attempt
+            and slice_input is not None
+            and n.isdigit()
+        ):
+            # taken for dispatch by a call whose reply was lost: nobody invoked it yet
+            taken = TakenSlice(job_id, int(n), int(attempt), slice_input, type_ or "", tenant or "", trace or "")
+            self._dispatch([taken])
+        else:
+            self.queue.release_slices(self.worker_id, [ref])
 
     # -- heartbeat and reaping -----------------------------------------------------------
 
     def _renew_lease(self) -> None:
         if not self.queue.heartbeat(self.worker_id):
             logger.info("lease taken (new, or after it had run out)")
+            self._reconcile_due.set()
 
     def _heartbeat_loop(self) -> None:
         next_reap = 0.0
@@ -264,13 +455,18 @@ class Worker:
             try:
                 self._renew_lease()
                 now = time.monotonic()
+                if self._outage:
+                    self._outage = False
+                    self._reap_after = now + self.settings.lease_s
+                    logger.info("Redis reachable again; reaping resumes after one lease")
                 if now >= next_sweep:
                     next_sweep = now + _ORPHAN_SWEEP_S
                     self.queue.adopt_orphans()
-                if now >= next_reap:
+                if now >= next_reap and now >= self._reap_after:
                     next_reap = now + self.settings.reaper_interval_s
                     self._reap()
-            except QueueUnavailable as e:
+            except _TRANSIENT as e:
+                self._outage = True
                 logger.warning("heartbeat failed; Redis unavailable", extra={"reason": str(e)})
             except Exception:
                 logger.exception("heartbeat thread error")
