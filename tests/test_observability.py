@@ -183,3 +183,30 @@ def test_the_callback_emits_slice_and_job_metrics(
     doc = next(d for d in docs if obs.JOBS_SUCCEEDED in d)
     assert doc["_aws"]["CloudWatchMetrics"][0]["Dimensions"] == [["stage", "queue"]]
     assert doc["stage"] == "local" and doc["queue"] == "default"
+
+
+def test_the_worker_dispatch_span_continues_the_jobs_x_ray_trace(queue: Queue) -> None:
+    from opentelemetry.sdk.extension.aws.trace import AwsXRayIdGenerator
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+    from offload.jobs import TakenSlice
+    from offload.worker_tracing import OpenTelemetrySpans
+
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider(id_generator=AwsXRayIdGenerator())
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    invoker = TracingInvoker()
+    dispatcher = dispatcher_for(invoker, queue)
+    dispatcher.spans = OpenTelemetrySpans(provider)
+    item = TakenSlice(job_id="j" * 32, slice=3, attempt=2, input="{}", type="thumbnail", tenant="t", trace=TRACE)
+
+    dispatcher.dispatch([item])
+
+    [span] = exporter.get_finished_spans()
+    assert f"{span.context.trace_id:032x}" == "6750a1b20123456789abcdef01234567"
+    assert span.parent is not None and f"{span.parent.span_id:016x}" == "53995c3f42cd8ad8"
+    assert span.attributes == {"job_id": "j" * 32, "job_type": "thumbnail", "slice": 3, "attempt": 2}
+    header = obs.trace_fields(invoker.traces[0])
+    assert header["Root"] == obs.trace_root(TRACE) and header["Parent"] == f"{span.context.span_id:016x}"

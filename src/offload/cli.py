@@ -390,6 +390,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
     from offload.handlers import registry
     from offload.queue import Queue
     from offload.worker import Worker
+    from offload.worker_tracing import span_factory
 
     settings = config.settings()
     dispatcher = None
@@ -397,14 +398,11 @@ def cmd_worker(args: argparse.Namespace) -> int:
         client = boto3.client(
             "lambda", config=Config(retries={"max_attempts": 1}, max_pool_connections=settings.dispatch_concurrency)
         )
-        dispatcher = Dispatcher(
+        dispatcher = Dispatcher.from_settings(
             LambdaInvoker(client, settings.compute_function),
-            queue_name=settings.queue,
-            callback_base_url=settings.callback_base_url,
+            settings,
             secret=tokens.signing_secret(settings.callback_secret, settings.callback_secret_arn),
-            token_ttl_s=settings.slice_timeout_s + settings.callback_token_grace_s,
-            max_payload_bytes=settings.max_invoke_payload_bytes,
-            concurrency=settings.dispatch_concurrency,
+            spans=span_factory(),
         )
     worker = Worker(Queue(connect(settings, "worker"), settings), registry, settings, dispatcher)
     worker.install_signal_handlers()

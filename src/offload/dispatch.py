@@ -13,10 +13,11 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from offload import tokens
+from offload.config import Settings
 from offload.errors import DispatchFailed
 from offload.jobs import TakenSlice
 from offload.models import SliceInvocation
-from offload.observability import child_header
+from offload.worker_tracing import HeaderOnly, SpanFactory
 
 log = logging.getLogger(__name__)
 
@@ -110,14 +111,32 @@ class Dispatcher:
         token_ttl_s: float,
         max_payload_bytes: int,
         concurrency: int,
+        spans: SpanFactory | None = None,
     ) -> None:
         self.invoker = invoker
+        self.spans = spans or HeaderOnly()
         self.queue_name = queue_name
         self.callback_base_url = callback_base_url
         self.secret = secret
         self.token_ttl_s = token_ttl_s
         self.max_payload_bytes = max_payload_bytes
         self.pool = ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="dispatch")
+
+    @classmethod
+    def from_settings(
+        cls, invoker: Invoker, settings: Settings, *, secret: str, spans: SpanFactory | None = None
+    ) -> Dispatcher:
+        return cls(
+            invoker,
+            queue_name=settings.queue,
+            callback_base_url=settings.callback_base_url,
+            secret=secret,
+            # a token outlives the slice's deadline, so a slow but honest callback still counts
+            token_ttl_s=settings.slice_timeout_s + settings.callback_token_grace_s,
+            max_payload_bytes=settings.max_invoke_payload_bytes,
+            concurrency=settings.dispatch_concurrency,
+            spans=spans,
+        )
 
     def event(self, item: TakenSlice, trace: str = "") -> bytes:
         invocation = SliceInvocation(
@@ -137,8 +156,13 @@ class Dispatcher:
         return list(self.pool.map(self._one, items))
 
     def _one(self, item: TakenSlice) -> DispatchResult:
-        # each slice continues the job's trace as a child of the worker's dispatch
-        trace = child_header(item.trace)
+        # each slice continues the job's trace, as a child of the worker's dispatch span
+        attributes: dict[str, str | int] = {"job_id": item.job_id, "job_type": item.type, "slice": item.slice,
+                                            "attempt": item.attempt}  # fmt: skip
+        with self.spans.span(f"dispatch {item.type}", item.trace, attributes) as trace:
+            return self._invoke(item, trace)
+
+    def _invoke(self, item: TakenSlice, trace: str) -> DispatchResult:
         payload = self.event(item, trace)
         if len(payload) > self.max_payload_bytes:
             # Lambda would refuse it; say so in the job rather than as an invoke error

@@ -110,15 +110,7 @@ class LocalStack:
             concurrency=self.compute_concurrency,
             max_retries=self.lambda_retries,
         )
-        dispatcher = Dispatcher(
-            self.lambda_service,
-            queue_name=settings.queue,
-            callback_base_url=settings.callback_base_url,
-            secret=settings.callback_secret,
-            token_ttl_s=settings.slice_timeout_s + settings.callback_token_grace_s,
-            max_payload_bytes=settings.max_invoke_payload_bytes,
-            concurrency=settings.dispatch_concurrency,
-        )
+        dispatcher = Dispatcher.from_settings(self.lambda_service, settings, secret=settings.callback_secret)
         self.worker = Worker(Queue(connect(settings, "worker"), settings), registry, settings, dispatcher)
         self.gateway.start()
 
