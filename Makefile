@@ -12,7 +12,7 @@ $(STAMP): pyproject.toml
 	@test -n "$(PYTHON)" || { echo "need Python 3.11 or newer on PATH"; exit 1; }
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[dev,local,bench]'
+	$(BIN)/python -m pip install --quiet -e '.[dev,local,worker,bench]'
 	@touch $(STAMP)
 
 ## run: a thumbnail job on the sample images, through the whole local stack
