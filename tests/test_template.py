@@ -11,7 +11,10 @@ from __future__ import annotations
 import ast
 import copy
 import fnmatch
+import os
 import re
+import subprocess
+import sys
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from functools import cache
@@ -385,6 +388,17 @@ def test_the_extension_can_be_left_out_for_sam_local() -> None:
     for name in ("MasterFunction", "CallbackFunction"):
         assert not d.props(name).get("Layers")
         assert d.props(name)["Environment"]["Variables"]["PARAMETERS_SECRETS_EXTENSION_HTTP_PORT"] == ""
+
+
+@pytest.mark.parametrize("function", ["master", "callback"])
+def test_master_and_callback_load_without_boto3(function: str) -> None:
+    """Imported in a fresh interpreter, as Lambda does at a cold start (no AWS call is made)."""
+    env = {"PATH": os.environ.get("PATH", ""), "PYTHONPATH": str(REPO / "src"), "AWS_REGION": "us-east-1",
+           "REDIS_URL": "redis://127.0.0.1:9/0"}  # fmt: skip
+    code = f"import sys, offload.lambdas.{function}; print(','.join(sorted(sys.modules)))"
+    result = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "boto3" not in result.stdout.strip().split(","), f"{function} imports boto3 when it loads"
 
 
 def test_master_and_callback_never_import_boto3_at_module_level() -> None:
