@@ -11,9 +11,10 @@ RUN python -m venv /opt/offload
 # README.md is the package's long description (optional for the build)
 COPY pyproject.toml README.md* ./
 COPY src ./src
-# `pip install .`: the runtime dependencies of pyproject.toml only (no dev/local/bench
-# extras), held to the versions the Lambda package is built with (src/requirements.txt).
-RUN /opt/offload/bin/pip install --constraint src/requirements.txt .
+# `pip install .` with the worker extra (OpenTelemetry, for the ADOT sidecar): the runtime
+# dependencies of pyproject.toml only (no dev/local/bench), held to the versions the Lambda
+# package is built with (src/requirements.txt).
+RUN /opt/offload/bin/pip install --constraint src/requirements.txt ".[worker]"
 
 FROM python:3.12-slim
 ENV PATH=/opt/offload/bin:$PATH \

@@ -23,6 +23,7 @@ from typing import Any
 
 import botocore.session
 import pytest
+import yaml
 from botocore import xform_name
 from samtranslator.translator.transform import transform
 from samtranslator.yaml_helper import yaml_parse
@@ -707,8 +708,18 @@ def test_worker_task_and_service(deployment: Deployment) -> None:
     collector = containers["otel-collector"]
     assert collector["Image"].startswith("public.ecr.aws/aws-observability/aws-otel-collector:")
     assert collector["Essential"] is False
-    assert "awsxray" in next(e["Value"] for e in collector["Environment"] if e["Name"] == "AOT_CONFIG_CONTENT")
-    assert deployment.env_of("worker")["OTEL_PROPAGATORS"] == "xray"
+    config = yaml.safe_load(next(e["Value"] for e in collector["Environment"] if e["Name"] == "AOT_CONFIG_CONTENT"))
+    pipeline = config["service"]["pipelines"]["traces"]
+    assert pipeline["receivers"] == ["otlp"] and pipeline["exporters"] == ["awsxray"]
+    # the worker's exporter (worker_tracing.py) speaks the protocol the sidecar listens on, at its address
+    protocol = "http" if "otlp.proto.http" in (SRC / "worker_tracing.py").read_text() else "grpc"
+    endpoint = config["receivers"]["otlp"]["protocols"][protocol]["endpoint"]
+    assert endpoint.startswith("127.0.0.1:"), "loopback only"
+    assert deployment.env_of("worker")["OTEL_EXPORTER_OTLP_ENDPOINT"] == f"http://{endpoint}"
+    assert (
+        deployment.env_of("worker")["OTEL_EXPORTER_OTLP_PROTOCOL"]
+        == {"http": "http/protobuf", "grpc": "grpc"}[protocol]
+    )
 
     service = deployment.props("WorkerService")
     network = service["NetworkConfiguration"]["AwsvpcConfiguration"]
