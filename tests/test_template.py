@@ -338,15 +338,20 @@ def test_routes_reach_the_right_functions_and_only_from_their_route(staging: Dep
 
 
 def test_compute_retries_are_bounded_and_failures_go_to_the_callback(deployment: Deployment) -> None:
-    configs = [c for _, c in deployment.resources("AWS::Lambda::EventInvokeConfig")]
-    assert len(configs) == 1
-    props = configs[0]["Properties"]
-    assert props["FunctionName"] == {"Ref": "ComputeFunction"}
+    configs = {
+        c["Properties"]["FunctionName"]["Ref"]: c for _, c in deployment.resources("AWS::Lambda::EventInvokeConfig")
+    }
+    assert set(configs) == {"ComputeFunction", "CallbackFunction"}
+    props = configs["ComputeFunction"]["Properties"]
     assert 0 <= props["MaximumRetryAttempts"] <= 2
     # every event Lambda still delivers carries a token that has not expired
     token_lifetime = float(deployment.params["SliceTimeoutSeconds"]) + Settings().callback_token_grace_s
     assert 60 <= props["MaximumEventAgeInSeconds"] <= min(3600, token_lifetime)
     assert props["DestinationConfig"]["OnFailure"]["Destination"] == {"Fn::GetAtt": ["CallbackFunction", "Arn"]}
+    # the destination is invoked asynchronously too: its retries are bounded the same way
+    callback = configs["CallbackFunction"]["Properties"]
+    assert 0 <= callback["MaximumRetryAttempts"] <= 2
+    assert callback["MaximumEventAgeInSeconds"] <= min(3600, token_lifetime)
     # Lambda delivers the OnFailure record with the compute function's role
     assert deployment.allows(deployment.role_of("compute"), "lambda:InvokeFunction",
                              {"Fn::GetAtt": ["CallbackFunction", "Arn"]})  # fmt: skip
