@@ -659,3 +659,13 @@ def test_short_forms_read_as_intrinsics(tmp_path: Path) -> None:
     assert props["GetAZs"] == invoke.Intrinsic("Fn::GetAZs", ["a", "b"])
     assert props["Att"] == invoke.Intrinsic("Fn::GetAtt", ["A", "B.C"])
     assert len(props) == len(tags.split()) + 1
+
+
+def test_submit_signs_requests_to_the_deployed_api_but_not_to_the_local_stack() -> None:
+    from offload import cli
+
+    signed = cli._sigv4("POST", "https://abc123.execute-api.eu-west-1.amazonaws.com/staging/jobs", b"{}")
+
+    assert signed["Authorization"].startswith("AWS4-HMAC-SHA256 Credential=testing/")
+    assert "/eu-west-1/execute-api/aws4_request" in signed["Authorization"]
+    assert cli._sigv4("POST", "http://127.0.0.1:8787/jobs", b"{}") == {}

@@ -6,9 +6,11 @@ import argparse
 import dataclasses
 import json
 import os
+import re
 import sys
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -345,9 +347,8 @@ def _check_thumbnails(view: dict[str, Any], sizes: list[int]) -> list[str]:
 
 def _http(method: str, url: str, body: Any = None, headers: dict[str, str] | None = None) -> tuple[int, Any, Any]:
     data = json.dumps(body).encode() if body is not None else None
-    request = urllib.request.Request(
-        url, data=data, method=method, headers={"Content-Type": "application/json", **(headers or {})}
-    )
+    all_headers = {"Content-Type": "application/json", **(headers or {}), **_sigv4(method, url, data or b"")}
+    request = urllib.request.Request(url, data=data, method=method, headers=all_headers)
     try:
         with urllib.request.urlopen(request, timeout=10) as response:
             return response.status, _json_answer(url, response.read()), response.headers
@@ -355,6 +356,27 @@ def _http(method: str, url: str, body: Any = None, headers: dict[str, str] | Non
         return e.code, _json_answer(url, e.read()), e.headers
     except OSError as e:
         raise OffloadError(f"cannot reach {url}: {e}") from e
+
+
+_EXECUTE_API_REGION = re.compile(r"\.execute-api\.([a-z0-9-]+)\.amazonaws\.com")
+
+
+def _sigv4(method: str, url: str, data: bytes) -> dict[str, str]:
+    """SigV4 headers for the deployed API (IAM-authorized); nothing for the local stack."""
+    host = urllib.parse.urlsplit(url).hostname or ""
+    if host in ("127.0.0.1", "localhost", "::1") or os.environ.get("OFFLOAD_API_UNSIGNED"):
+        return {}
+    import boto3
+
+    from offload import signing
+
+    session = boto3.Session()
+    credentials = session.get_credentials()
+    if credentials is None:
+        raise OffloadError(f"{url} needs SigV4: no AWS credentials found (or set OFFLOAD_API_UNSIGNED=1)")
+    match = _EXECUTE_API_REGION.search(host)
+    region = match.group(1) if match else session.region_name or "us-east-1"
+    return signing.sign(url, data, credentials, region, method)
 
 
 def _json_answer(url: str, raw: bytes) -> Any:
