@@ -32,6 +32,13 @@ types: $(STAMP)
 pytest: $(STAMP)
 	$(BIN)/pytest
 
+## bench: the benchmark suite, side by side with arq and RQ (docs/benchmarks.md); prints the
+##        table, writes the figures to bench/results/. make bench BENCH_ARGS=--quick: smoke sizes
+.PHONY: bench
+BENCH_ARGS ?=
+bench: $(STAMP)
+	$(BIN)/python -m bench $(BENCH_ARGS)
+
 # -- deployment (template.yaml, Dockerfile; see docs/deploy.md) -------------------------
 .PHONY: build image
 
