@@ -26,18 +26,36 @@ HANDLERS = {
     "compute": "offload.lambdas.compute",
 }
 
-# Nothing but builtins before the clock starts; json only once it has stopped.
+# Nothing but builtins before the clock starts; json only once it has stopped. With a
+# second argument, an (untimed) run also records which modules were on the stack when
+# boto3 or botocore.session (the heavy half of boto3) was first imported: the chain
+# that pulls them in.
 HANDLER_PROBE = """\
 import sys, time
+module, who = sys.argv[1], {}
+if len(sys.argv) > 2:
+    class Who:
+        def find_spec(self, name, path=None, target=None):
+            if name in ("boto3", "botocore.session") and name not in who:
+                chain, frame = [], sys._getframe(1)
+                while frame is not None:
+                    caller = frame.f_globals.get("__name__", "")
+                    if not caller.startswith(("importlib", "_frozen_importlib")) and caller not in chain:
+                        chain.append(caller)
+                    frame = frame.f_back
+                who[name] = chain
+            return None
+    sys.meta_path.insert(0, Who())
 before = set(sys.modules)
 start = time.perf_counter()
-import {module}
+__import__(module)
 elapsed = time.perf_counter() - start
 stdlib = sys.stdlib_module_names
 loaded = [m for m in list(sys.modules) if m not in before]
-third = [m for m in loaded if m.partition(".")[0] not in stdlib and m.partition(".")[0] != "offload"]
+third = [m for m in loaded if m.partition(".")[0] not in stdlib and m.partition(".")[0] != "offload"
+         and not m.startswith(("_sysconfigdata", "__"))]
 import json
-print(json.dumps({{"seconds": elapsed, "third_party": third, "modules": len(loaded)}}))
+print(json.dumps({"seconds": elapsed, "third_party": third, "modules": len(loaded), "who": who}))
 """
 
 DEPS_PROBE = """\
@@ -75,8 +93,7 @@ def _probe(code: str, env: dict[str, str], *args: str) -> dict[str, Any]:
 def measure(env: dict[str, str], repeats: int) -> dict[str, Any]:
     results: dict[str, Any] = {}
     for name, module in HANDLERS.items():
-        code = HANDLER_PROBE.format(module=module)
-        first = _probe(code, env)  # also warms the bytecode and page caches
+        first = _probe(HANDLER_PROBE, env, module, "who")  # also warms the bytecode and page caches
         third_party: list[str] = first["third_party"]
         deps_arg = ",".join(third_party)
         _probe(DEPS_PROBE, env, deps_arg)
@@ -84,7 +101,7 @@ def measure(env: dict[str, str], repeats: int) -> dict[str, Any]:
         deps_s: list[float] = []
         failed: list[str] = []
         for _ in range(repeats):
-            handler_s.append(_probe(code, env)["seconds"])
+            handler_s.append(_probe(HANDLER_PROBE, env, module)["seconds"])
             deps = _probe(DEPS_PROBE, env, deps_arg)
             deps_s.append(deps["seconds"])
             failed = deps["failed"]
@@ -103,5 +120,7 @@ def measure(env: dict[str, str], repeats: int) -> dict[str, Any]:
             "not_importable_alone": failed,
             "imports_boto3": "boto3" in tops,
             "imports_botocore": "botocore" in tops,
+            # the modules on the stack (innermost first) when each was first imported
+            "imported_by": first["who"],
         }
     return results

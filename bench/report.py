@@ -161,19 +161,24 @@ def figures(results: dict[str, Any]) -> list[Figure]:
                 )
             )
         for name in ("master", "callback"):
-            if name in results["coldstart"]:
-                rows.append(
-                    Figure(
-                        "5. Cold start",
-                        f"{name} imports boto3",
-                        float(results["coldstart"][name]["imports_boto3"]),
-                        "bool",
-                        "",
-                        None,
-                        "==",
-                        0.0,
-                    )
+            if name not in results["coldstart"]:
+                continue
+            c = results["coldstart"][name]
+            rows.append(
+                Figure("5. Cold start", f"{name} imports boto3", float(c["imports_boto3"]), "bool", op="==", limit=0)
+            )
+            chain = c.get("imported_by", {}).get("botocore.session", [])
+            # the importers between the handler module and botocore, outermost first
+            via = [m for m in reversed(chain) if m not in ("__main__", c["module"])][:2]
+            rows.append(
+                Figure(
+                    "5. Cold start",
+                    f"{name} imports botocore.session (the bulk of boto3)",
+                    float(bool(chain)),
+                    "bool",
+                    "via " + " -> ".join(via) if via else "",
                 )
+            )
     if "memory" in results:
         variants = results["memory"]["variants"]
         for i, v in enumerate(variants):
