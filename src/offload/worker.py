@@ -312,10 +312,11 @@ class Worker:
         self._acks = []
 
     def _requeue_batch(self) -> None:
-        """Put the jobs of the batch not yet run back at the head of the queue (no try spent)."""
+        """Put the jobs of the batch not yet run back at the head of the queue (no try spent),
+        last first, so that they are taken again in the order they were taken."""
         while self._batch:
-            self.queue.requeue(self.worker_id, self._batch[0].job_id)
-            self._batch.pop(0)
+            self.queue.requeue(self.worker_id, self._batch[-1].job_id)
+            self._batch.pop()
 
     # -- slices --------------------------------------------------------------------------
 
