@@ -2,7 +2,7 @@
 
 The child builds the worker's own dispatch stack, as ``offload worker`` does: a boto3
 Lambda client with one connection per dispatch thread and botocore's retries off, a
-``LambdaInvoker`` and a ``Dispatcher`` with ``dispatch_concurrency`` threads. Slices go
+``LambdaInvoker`` and ``Dispatcher.from_settings`` (``dispatch_concurrency`` threads). Slices go
 through ``Dispatcher.dispatch`` in batches of ``batch_size``, as the worker hands them
 over (each batch waits for its slowest invoke). The baseline is the same client calling
 ``invoke(InvocationType="Event")`` in a loop with ready-made payloads.
@@ -107,15 +107,7 @@ def child(params: dict[str, Any]) -> dict[str, Any]:
         Handler="handler.handler",
         Code={"ZipFile": _function_zip()},
     )
-    dispatcher = Dispatcher(
-        LambdaInvoker(client, FUNCTION),
-        queue_name=settings.queue,
-        callback_base_url="https://abc123.execute-api.us-east-1.amazonaws.com/staging",
-        secret=SECRET,
-        token_ttl_s=settings.slice_timeout_s + settings.callback_token_grace_s,
-        max_payload_bytes=settings.max_invoke_payload_bytes,
-        concurrency=concurrency,
-    )
+    dispatcher = Dispatcher.from_settings(LambdaInvoker(client, FUNCTION), settings, secret=SECRET)
     slices = [
         TakenSlice(
             job_id=uuid.uuid4().hex,

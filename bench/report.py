@@ -214,7 +214,7 @@ def figures(results: dict[str, Any]) -> list[Figure]:
 
 def markdown(rows: list[Figure]) -> str:
     lines = [
-        "| # | Figure | offload | Peer / baseline | Ratio | Target | ÷ limit | Met |",
+        "| Area | Figure | offload | Peer / baseline | Ratio | Target | ÷ limit | Met |",
         "|---|---|---:|---|---:|---|---:|---|",
     ]
     for row in rows:
