@@ -58,7 +58,7 @@ class Sizes:
 
 
 FULL = Sizes(
-    rounds=10,
+    rounds=50,
     master_jobs=10_000,
     callback_outcomes=8_000,
     slices_per_job=4,
