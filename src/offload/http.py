@@ -9,6 +9,8 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+import math
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
@@ -20,6 +22,13 @@ from offload.errors import OffloadError
 M = TypeVar("M", bound=BaseModel)
 
 JSON_TYPES = ("application/json",)
+# Deeper JSON than this is refused before it reaches a model: nothing offload accepts nests
+# half as deep, and the parsers and serializers downstream recurse.
+MAX_JSON_DEPTH = 32
+# Headers that carry one value: a request that repeats one with different values is refused
+# rather than guessed at.
+SINGLE_VALUED = frozenset({"content-type", "content-length", "idempotency-key", "authorization", "host"})
+_CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
 
 
 class HttpError(OffloadError):
@@ -57,14 +66,53 @@ class Request:
         return self.headers.get(name.lower(), default)
 
 
-def parse_event(event: Mapping[str, Any]) -> Request:
+def _text(value: Any, what: str) -> str:
+    """``value`` as text that can be sent on as UTF-8 (no lone surrogates, no CR/LF/NUL)."""
+    text = str(value)
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise HttpError(400, "bad_encoding", f"{what} is not valid UTF-8") from None
+    return text
+
+
+def _mapping(event: Mapping[str, Any], name: str) -> Mapping[str, Any]:
+    value = event.get(name)
+    if value is None:
+        return {}
+    if not isinstance(value, Mapping):
+        raise HttpError(400, "bad_request", f"the event's {name} is not an object")
+    return value
+
+
+def _headers(event: Mapping[str, Any]) -> dict[str, str]:
+    """Header names in any case, single- and multi-value forms merged (``multiValueHeaders``
+    wins: it has every value, ``headers`` only the last of each)."""
+    values: dict[str, list[str]] = {}
+    for name, items in _mapping(event, "multiValueHeaders").items():
+        for item in items if isinstance(items, list | tuple) else [items]:
+            if item is not None:
+                values.setdefault(str(name).lower(), []).append(_text(item, f"header {name}"))
+    for name, item in _mapping(event, "headers").items():
+        if item is not None and str(name).lower() not in values:
+            values[str(name).lower()] = [_text(item, f"header {name}")]
     headers: dict[str, str] = {}
-    for name, value in (event.get("headers") or {}).items():
-        if value is not None:
-            headers[name.lower()] = str(value)
-    for name, values in (event.get("multiValueHeaders") or {}).items():
-        if values:
-            headers[name.lower()] = ", ".join(str(v) for v in values)
+    for name, items in values.items():
+        if _CONTROL.search(name) or any(_CONTROL.search(item) for item in items):
+            raise HttpError(400, "bad_header", f"header {name!r} contains a control character")
+        if name in SINGLE_VALUED:
+            items = list(dict.fromkeys(item.strip() for item in items))
+            if len(items) > 1:
+                raise HttpError(400, "repeated_header", f"header {name!r} is sent with {len(items)} different values")
+        headers[name] = ", ".join(items)
+    return headers
+
+
+def parse_event(event: Mapping[str, Any]) -> Request:
+    """The request in an API Gateway REST proxy event; HttpError (400) for one that cannot be read."""
+    if not isinstance(event, Mapping):
+        raise HttpError(400, "bad_request", "the event is not an object")
+    headers = _headers(event)
 
     raw = event.get("body")
     body: bytes | None
@@ -76,14 +124,15 @@ def parse_event(event: Mapping[str, Any]) -> Request:
         except (binascii.Error, ValueError):
             raise HttpError(400, "bad_encoding", "the body is flagged base64 but is not valid base64") from None
     else:
-        body = str(raw).encode()
+        body = _text(raw, "the body").encode("utf-8")
 
-    context = dict(event.get("requestContext") or {})
+    context = dict(_mapping(event, "requestContext"))
+    params = _mapping(event, "pathParameters")
     return Request(
-        method=str(event.get("httpMethod") or "").upper(),
-        resource=str(event.get("resource") or ""),
-        path=str(event.get("path") or ""),
-        path_params={k: str(v) for k, v in (event.get("pathParameters") or {}).items()},
+        method=_text(event.get("httpMethod") or "", "the method").upper(),
+        resource=_text(event.get("resource") or "", "the resource"),
+        path=_text(event.get("path") or "", "the path"),
+        path_params={str(k): _text(v, f"path parameter {k}") for k, v in params.items() if v is not None},
         headers=headers,
         body=body,
         request_id=str(context.get("requestId") or ""),
@@ -91,21 +140,68 @@ def parse_event(event: Mapping[str, Any]) -> Request:
     )
 
 
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not a JSON value")
+
+
+def _finite(text: str) -> float:
+    number = float(text)
+    if not math.isfinite(number):
+        raise ValueError(f"the number {text[:32]} is out of range")
+    return number
+
+
+def _check_tree(data: Any) -> None:
+    """Refuse JSON nested deeper than MAX_JSON_DEPTH, or holding a lone surrogate (``"\\ud800"``:
+    valid JSON, but no UTF-8 can carry it on). Iterative: a deep document must not blow the stack."""
+    stack: list[tuple[Any, int]] = [(data, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, str):
+            _text(item, "a string in the body")
+        elif isinstance(item, dict | list):
+            if depth > MAX_JSON_DEPTH:
+                raise HttpError(400, "too_deep", f"the JSON nests more than {MAX_JSON_DEPTH} levels deep")
+            if isinstance(item, dict):
+                stack.extend((key, depth) for key in item)
+                stack.extend((child, depth + 1) for child in item.values())
+            else:
+                stack.extend((child, depth + 1) for child in item)
+
+
+def parse_json(body: bytes) -> Any:
+    """Strict JSON: UTF-8 only, no NaN/Infinity, numbers a float can hold, at most MAX_JSON_DEPTH deep."""
+    try:
+        text = body.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise HttpError(400, "bad_encoding", f"the body is not UTF-8: {e.reason} at byte {e.start}") from None
+    try:
+        data = json.loads(text, parse_constant=_reject_constant, parse_float=_finite)
+    except RecursionError:
+        raise HttpError(400, "too_deep", f"the JSON nests more than {MAX_JSON_DEPTH} levels deep") from None
+    except ValueError as e:
+        raise HttpError(400, "malformed_json", f"the body is not valid JSON: {e}") from None
+    _check_tree(data)
+    return data
+
+
 def json_body(request: Request, model: type[M], *, max_bytes: int) -> M:
-    """The body as ``model``: 415 for a non-JSON content type (a missing one is taken as
-    JSON), 413 past ``max_bytes``, 400 for malformed JSON, 422 with field paths for the rest."""
-    content_type = request.header("content-type").split(";")[0].strip().lower()
+    """The body as ``model``: 415 for a non-JSON content type or a charset other than UTF-8
+    (a missing content type is taken as JSON), 400 for no body, 413 past ``max_bytes``,
+    400 for malformed JSON, 422 with field paths for the rest."""
+    media_type, *parameters = request.header("content-type").split(";")
+    content_type = media_type.strip().lower()
     if content_type and content_type not in JSON_TYPES and not content_type.endswith("+json"):
         raise HttpError(415, "unsupported_media_type", f"send application/json, not {content_type!r}")
+    for parameter in parameters:
+        name, _, value = parameter.partition("=")
+        if name.strip().lower() == "charset" and value.strip().strip('"').lower() not in ("utf-8", "utf8"):
+            raise HttpError(415, "unsupported_media_type", f"send UTF-8 JSON, not charset {value.strip()!r}")
     if not request.body:
         raise HttpError(400, "empty_body", "the request needs a JSON body")
     if len(request.body) > max_bytes:
         raise HttpError(413, "body_too_large", f"the body is {len(request.body)} bytes; the limit is {max_bytes}")
-    try:
-        data = json.loads(request.body)
-    except (ValueError, UnicodeDecodeError) as e:
-        raise HttpError(400, "malformed_json", f"the body is not valid JSON: {e}") from None
-    return validate(model, data)
+    return validate(model, parse_json(request.body))
 
 
 def validate(model: type[M], data: Any, *, prefix: tuple[str | int, ...] = ()) -> M:

@@ -2,13 +2,26 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 
 from offload.jobs import JobRecord, Status
 
 JOB_TYPE_PATTERN = r"^[a-z][a-z0-9_.-]{0,63}$"
+
+
+def whole_number(value: Any) -> int:
+    """A JSON integer (``3`` or ``3.0``); not ``true``, not ``"3"``, not ``3.5``."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    raise ValueError("must be a whole number")
+
+
+# pydantic's lax int takes true as 1 and "3" as 3; JSON Schema's integer does not
+WholeNumber = Annotated[int, BeforeValidator(whole_number)]
 
 
 class _Strict(BaseModel):
@@ -98,16 +111,31 @@ class SliceInvocation(_Strict):
     trace: str = ""
 
 
+# Bounds on what a callback may claim: far above any real job (a slice per image, a few tries),
+# and low enough that the arithmetic on them (2 ** attempt for the backoff) stays finite.
+MAX_SLICE_INDEX = 1_000_000
+MAX_ATTEMPT = 1000
+
+
 class SliceOutcome(_Strict):
     """Body of ``POST /callbacks/{job_id}``: what became of one slice attempt."""
 
-    slice: int = Field(ge=0)
-    attempt: int = Field(ge=1)
+    slice: WholeNumber = Field(ge=0, le=MAX_SLICE_INDEX)
+    attempt: WholeNumber = Field(ge=1, le=MAX_ATTEMPT)
     token: str = Field(min_length=1, max_length=512)
     status: Literal["succeeded", "failed"]
     result: Any = None
     error: str | None = Field(default=None, max_length=4096)
     retryable: bool = False
+
+
+class CallbackAnswer(BaseModel):
+    """Body of the ``200`` answer to ``POST /callbacks/{job_id}``: what the outcome did."""
+
+    verdict: Literal["applied", "completed", "retrying", "dead", "duplicate", "stale", "inactive"] = Field(
+        description="`duplicate`, `stale` and `inactive` changed nothing."
+    )
+    job_status: str
 
 
 class LambdaFailureRecord(BaseModel):

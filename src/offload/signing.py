@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import datetime as dt
 import hmac
+import logging
 import re
 from collections.abc import Callable, Mapping
 
@@ -17,6 +18,14 @@ from botocore.credentials import Credentials
 
 SERVICE = "execute-api"
 MAX_CLOCK_SKEW_S = 300
+
+# botocore logs every signature it makes, and the request with its Authorization header, at
+# DEBUG. A root logger at DEBUG (Lambda's ApplicationLogLevel=DEBUG sets one) would put them
+# in CloudWatch; signatures and requests stay out of the logs unless botocore's own level is
+# set on purpose.
+for _name in ("botocore.auth", "botocore.endpoint"):
+    if logging.getLogger(_name).level == logging.NOTSET:
+        logging.getLogger(_name).setLevel(logging.INFO)
 
 _AUTHORIZATION = re.compile(
     r"^AWS4-HMAC-SHA256 Credential=(?P<key>[^/]+)/(?P<date>\d{8})/(?P<region>[^/]+)/(?P<service>[^/]+)/aws4_request,"
@@ -62,16 +71,20 @@ def verify(
     if "host" not in signed_names:
         return "the Host header must be signed"
 
-    request = AWSRequest(
-        method=method, url=url, data=body, headers={name: headers.get(name, "") for name in signed_names}
-    )
-    request.context["timestamp"] = stamp
-    auth = SigV4Auth(Credentials(match["key"], secret), SERVICE, match["region"])
-    # botocore signs every header it is given; only the signed ones were passed above
-    canonical = auth.canonical_request(request)
-    string_to_sign = auth.string_to_sign(request, canonical)
-    expected = auth.signature(string_to_sign, request)
-    if not hmac.compare_digest(expected, match["signature"]):
+    try:
+        request = AWSRequest(
+            method=method, url=url, data=body, headers={name: headers.get(name, "") for name in signed_names}
+        )
+        request.context["timestamp"] = stamp
+        auth = SigV4Auth(Credentials(match["key"], secret), SERVICE, match["region"])
+        # botocore signs every header it is given; only the signed ones were passed above
+        canonical = auth.canonical_request(request)
+        string_to_sign = auth.string_to_sign(request, canonical)
+        expected = auth.signature(string_to_sign, request)
+    except (ValueError, TypeError, KeyError, UnicodeError) as e:
+        # a Host or path no URL parser accepts: refused, like any other bad signature
+        return f"the request cannot be canonicalized for SigV4 ({type(e).__name__})"
+    if not hmac.compare_digest(expected.encode(), match["signature"].encode()):
         return "signature does not match the request"
     return None
 

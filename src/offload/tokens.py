@@ -5,13 +5,18 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
+import re
 import time
 
 from offload.errors import CallbackRejected
 
+# ``<expires, unix seconds>.<HMAC-SHA256, unpadded url-safe base64>``, ASCII only
+_TOKEN = re.compile(r"([0-9]{1,12})\.([A-Za-z0-9_-]{43})", re.ASCII)
+
 
 def _mac(secret: str, job_id: str, slice_index: int, attempt: int, expires: int) -> str:
-    message = f"{job_id}/{slice_index}/{attempt}/{expires}".encode()
+    # backslashreplace: a job id that is not valid UTF-8 gets a MAC that matches nothing, not an error
+    message = f"{job_id}/{slice_index}/{attempt}/{expires}".encode("utf-8", "backslashreplace")
     digest = hmac.new(secret.encode(), message, hashlib.sha256).digest()
     return base64.urlsafe_b64encode(digest).rstrip(b"=").decode()
 
@@ -23,14 +28,15 @@ def issue(secret: str, job_id: str, slice_index: int, attempt: int, ttl_s: float
 
 def verify(secret: str, token: str, job_id: str, slice_index: int, attempt: int) -> None:
     """Raise CallbackRejected unless the token was issued for exactly this slice attempt."""
-    expires_text, _, mac = token.partition(".")
-    if not expires_text.isdigit() or not mac:
+    match = _TOKEN.fullmatch(token)
+    if match is None:
         raise CallbackRejected("malformed callback token")
-    expected = _mac(secret, job_id, slice_index, attempt, int(expires_text))
+    expires = int(match[1])
+    expected = _mac(secret, job_id, slice_index, attempt, expires)
     # compare first, in constant time, so a forged token learns nothing from the timing
-    if not hmac.compare_digest(expected, mac):
+    if not hmac.compare_digest(expected.encode(), match[2].encode()):
         raise CallbackRejected("callback token does not match this job, slice and attempt")
-    if int(expires_text) < time.time():
+    if expires < time.time():
         raise CallbackRejected("callback token has expired")
 
 
