@@ -7,30 +7,41 @@ so it stays free of Pillow; the pixel work is in ``thumbnail_compute``.
 from __future__ import annotations
 
 import urllib.parse
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, WithJsonSchema, field_validator
 
+from offload.models import whole_number
 from offload.registry import Registry
 from offload.storage import ALLOWED_SCHEMES
 
 MAX_IMAGES = 1000
 MAX_SIZES = 8
 MAX_EDGE_PX = 4096
+MAX_URI_CHARS = 2048
 
 
 def _check_uri(uri: str) -> str:
-    scheme = urllib.parse.urlsplit(uri).scheme
+    scheme = urllib.parse.urlsplit(uri).scheme  # a ValueError (an unclosed "[") is a field error too
     if scheme not in ALLOWED_SCHEMES:
         raise ValueError(f"scheme {scheme or 'missing'!r} is not allowed; use file:// or s3://")
     return uri
 
 
+# what the validators below check, for the OpenAPI document
+_URI_SCHEMA = {"type": "string", "minLength": 1, "maxLength": MAX_URI_CHARS, "pattern": "^([fF][iI][lL][eE]|[sS]3):"}
+_SIZE_SCHEMA = {"type": "integer", "minimum": 1, "maximum": MAX_EDGE_PX}
+
+
 class ThumbnailPayload(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    images: list[str] = Field(min_length=1, max_length=MAX_IMAGES, description="Image URIs (s3:// or file://).")
-    sizes: list[int] = Field(min_length=1, max_length=MAX_SIZES, description="Longest edge of each thumbnail, px.")
+    images: list[Annotated[str, Field(min_length=1, max_length=MAX_URI_CHARS), WithJsonSchema(_URI_SCHEMA)]] = Field(
+        min_length=1, max_length=MAX_IMAGES, description="Image URIs (s3:// or file://)."
+    )
+    sizes: list[Annotated[int, BeforeValidator(whole_number), WithJsonSchema(_SIZE_SCHEMA)]] = Field(
+        min_length=1, max_length=MAX_SIZES, description="Longest edge of each thumbnail, px."
+    )
     format: Literal["jpeg", "png", "webp"] = "jpeg"
 
     @field_validator("images")
