@@ -2,18 +2,24 @@
 
 Like the deployed API, the callback route demands a valid SigV4 signature (``AWS_IAM``);
 the job routes accept a signed request as that key's tenant, or an unsigned one as the
-tenant ``local``.
+tenant ``local`` (``anonymous_jobs=False`` refuses those, as AWS_IAM on every route does).
+Path parameters reach the handlers as sent (still percent-encoded, as REST APIs pass them
+on). What the gateway answers itself (403, 404, 405, 413, and 502 when a handler fails)
+is JSON with ``error`` and ``message``, like every handler's errors.
 """
 
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
+import logging
 import re
 import threading
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
+from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
@@ -22,8 +28,12 @@ from offload.observability import TRACE_HEADER, new_trace_header
 
 Handler = Callable[[dict[str, Any], Any], dict[str, Any]]
 
+log = logging.getLogger(__name__)
+
 # API Gateway's own limit on a request body
 MAX_PAYLOAD_BYTES = 10 * 1024 * 1024
+# a client that stops sending mid-request is dropped rather than holding a thread forever
+READ_TIMEOUT_S = 30.0
 LOCAL_ACCOUNT = "000000000000"
 
 
@@ -52,9 +62,11 @@ class Gateway:
         host: str = "127.0.0.1",
         port: int = 0,
         context_factory: Callable[[str], Any] | None = None,
+        anonymous_jobs: bool = True,
     ) -> None:
         self.handlers = handlers
         self.credentials = credentials
+        self.anonymous_jobs = anonymous_jobs
         self.context_factory = context_factory or (lambda name: None)
         # one request at a time per function, as in one Lambda execution environment
         self._locks = {name: threading.Lock() for name in handlers}
@@ -62,6 +74,10 @@ class Gateway:
 
         class RequestHandler(BaseHTTPRequestHandler):
             protocol_version = "HTTP/1.1"
+            timeout = READ_TIMEOUT_S
+            # headers and body leave in separate writes: with Nagle on, the body waits for the
+            # client's delayed ACK of the headers (~40 ms a request on Linux)
+            disable_nagle_algorithm = True
 
             def do_GET(self) -> None:
                 gateway.serve(self)
@@ -80,6 +96,15 @@ class Gateway:
 
             def log_message(self, format: str, *args: Any) -> None:
                 pass
+
+            def send_error(self, code: int, message: str | None = None, explain: str | None = None) -> None:
+                # http.server's own refusals (a request line or header it cannot parse) in JSON too
+                self.close_connection = True
+                try:
+                    phrase = HTTPStatus(code).phrase
+                except ValueError:
+                    phrase = "Error"
+                gateway._send(self, code, re.sub(r"[^a-z]+", "_", phrase.lower()), message or phrase)
 
         self.server = ThreadingHTTPServer((host, port), RequestHandler)
         self.server.daemon_threads = True
@@ -101,14 +126,25 @@ class Gateway:
     # -- one request ---------------------------------------------------------------------
 
     def serve(self, http: BaseHTTPRequestHandler) -> None:
+        try:
+            self._serve(http)
+        except Exception:
+            # API Gateway answers 502 when the integration fails; so does this gateway
+            log.exception("local gateway: %s %s failed", http.command, http.path.partition("?")[0])
+            http.close_connection = True
+            with contextlib.suppress(OSError):
+                self._send(http, 502, "bad_gateway", "Internal server error")
+
+    def _serve(self, http: BaseHTTPRequestHandler) -> None:
         path, _, query = http.path.partition("?")
         length_text = http.headers.get("Content-Length") or "0"
-        if not length_text.isdigit():
-            return self._send(http, 400, {"message": "bad Content-Length"})
+        if not length_text.isdigit() or not length_text.isascii():
+            http.close_connection = True
+            return self._send(http, 400, "bad_request", "bad Content-Length")
         length = int(length_text)
         if length > MAX_PAYLOAD_BYTES:
             http.close_connection = True
-            return self._send(http, 413, {"message": "Request Too Long"})
+            return self._send(http, 413, "request_too_large", "Request Too Long")
         body = http.rfile.read(length) if length else b""
 
         if path == "/openapi.json" and http.command == "GET" and "openapi" in self.handlers:
@@ -118,16 +154,17 @@ class Gateway:
             if match and route.method == http.command:
                 break
         else:
-            known = any(r.pattern.match(path) for r in ROUTES)
-            return self._send(http, 405 if known else 404, {"message": "Method Not Allowed" if known else "Not Found"})
+            if any(r.pattern.match(path) for r in ROUTES):
+                return self._send(http, 405, "method_not_allowed", "Method Not Allowed")
+            return self._send(http, 404, "not_found", "Not Found")
 
         headers = {name.lower(): value for name, value in http.headers.items()}
         identity: dict[str, Any] = {"sourceIp": http.client_address[0], "userAgent": headers.get("user-agent")}
-        if "authorization" in headers or route.iam:
+        if "authorization" in headers or route.iam or not self.anonymous_jobs:
             url = f"http://{headers.get('host', '')}{http.path!s}"
             problem = signing.verify(http.command, url, headers, body, self.credentials.get)
             if problem:
-                return self._send(http, 403, {"message": f"Forbidden: {problem}"})
+                return self._send(http, 403, "forbidden", f"Forbidden: {problem}")
             key = signing.access_key(headers["authorization"])
             identity.update(
                 accessKey=key, accountId=LOCAL_ACCOUNT, caller=key, userArn=f"arn:aws:iam::{LOCAL_ACCOUNT}:user/{key}"
@@ -141,6 +178,8 @@ class Gateway:
         event = self._event(http, route, match.groupdict(), path, query, body, identity)
         with self._locks[route.function]:
             response = self.handlers[route.function](event, self.context_factory(route.function))
+        if not isinstance(response, dict) or not isinstance(response.get("statusCode", 200), int):
+            raise TypeError(f"the {route.function} function returned no proxy response: {type(response).__name__}")
         self._reply(http, response)
 
     def _event(
@@ -181,7 +220,7 @@ class Gateway:
                 "identity": identity,
                 "accountId": LOCAL_ACCOUNT,
             },
-            "body": text if body or http.command != "GET" else None,
+            "body": text if body else None,  # API Gateway sends null, not "", for no body
             "isBase64Encoded": encoded,
         }
 
@@ -195,7 +234,6 @@ class Gateway:
         http.end_headers()
         http.wfile.write(data)
 
-    def _send(self, http: BaseHTTPRequestHandler, status: int, body: dict[str, Any]) -> None:
-        self._reply(
-            http, {"statusCode": status, "headers": {"Content-Type": "application/json"}, "body": json.dumps(body)}
-        )
+    def _send(self, http: BaseHTTPRequestHandler, status: int, error: str, message: str) -> None:
+        body = json.dumps({"error": error, "message": message})
+        self._reply(http, {"statusCode": status, "headers": {"Content-Type": "application/json"}, "body": body})
