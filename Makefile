@@ -96,3 +96,9 @@ clean:
 ## fairness: tenant A's 1,000-slice job against tenant B's one-slice job, with figures
 fairness: $(STAMP)
 	FAIRNESS_SLICES=1000 $(BIN)/pytest tests/test_fairness.py -q -s -p no:cacheprovider
+
+## faults: every fault scenario against real redis-server and worker processes, a figure each
+##         (writes faults/results/*.json; make faults SCENARIOS="kill9 failover" for some)
+.PHONY: faults
+faults: $(STAMP)
+	$(BIN)/python -m faults.run $(SCENARIOS)

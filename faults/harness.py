@@ -29,6 +29,7 @@ from typing import Any
 import redis
 
 from faults import diag
+from faults.proxy import Proxy
 from offload import tokens
 from offload.config import Settings
 from offload.connection import connect
@@ -115,6 +116,20 @@ class DurableRedis:
             self.server.stop()
             self.server = None
         self.folder.cleanup()
+
+
+def fail_over(old: RedisServer, new: RedisServer, proxy: Proxy) -> None:
+    """A planned failover, as ElastiCache does it: writes pause on the primary, the replica
+    catches up and is promoted, the endpoint name moves, the old primary becomes a replica
+    (open connections to it now get READONLY), and writes resume."""
+    a, b = plain_client(old.url), plain_client(new.url)
+    a.execute_command("CLIENT", "PAUSE", "10000", "WRITE")
+    offset = a.info("replication")["master_repl_offset"]
+    wait_until(lambda: b.info("replication")["slave_repl_offset"] >= offset, 10)
+    b.replicaof("NO", "ONE")
+    proxy.switch(("127.0.0.1", new.port))
+    a.replicaof("127.0.0.1", new.port)
+    a.execute_command("CLIENT", "UNPAUSE")
 
 
 # -- worker processes ----------------------------------------------------------------------

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import threading
 import time
@@ -177,3 +178,42 @@ def test_lambda_invoker_does_not_retry_a_refusal() -> None:
         with pytest.raises(DispatchFailed) as failed:
             LambdaInvoker(client, "compute", base_delay_s=0.001).invoke_async(b"{}")
     assert not failed.value.retryable
+
+
+def test_a_slow_batch_acknowledges_each_result_as_it_finishes(queue: Queue) -> None:
+    from faults import diag
+
+    ids = [submit(queue, "fault.work", {"n": n, "ms": 400}) for n in range(3)]
+    worker = Worker(queue, diag.build_registry(), queue.settings)
+    thread = threading.Thread(target=worker.run, daemon=True)
+    thread.start()
+    try:
+        wait_until(lambda: status(queue, ids[0]) == Status.SUCCEEDED)
+        # the first result is in while the rest of the batch is still to come
+        assert [status(queue, i) for i in ids[1:]] == [Status.RUNNING, Status.RUNNING]
+        wait_until(lambda: all(status(queue, i) == Status.SUCCEEDED for i in ids))
+    finally:
+        worker.stop()
+        thread.join(timeout=10)
+
+
+def test_a_worker_started_while_redis_is_down_starts_once_it_is_up(queue: Queue) -> None:
+    from offload.connection import connect
+    from offload.local.redis_server import free_port, start_redis
+
+    port = free_port()
+    settings = dataclasses.replace(queue.settings, redis_url=f"redis://127.0.0.1:{port}/0")
+    worker = Worker(Queue(connect(settings, "worker"), settings), registry, settings)
+    thread = threading.Thread(target=worker.run, daemon=True)
+    thread.start()
+    time.sleep(1.0)
+    assert thread.is_alive()  # waiting for Redis, not crashed
+    server = start_redis(port)
+    try:
+        job_id = submit(worker.queue, "echo", {"n": 1})
+        wait_until(lambda: status(worker.queue, job_id) == Status.SUCCEEDED, 15)
+    finally:
+        worker.stop()
+        thread.join(timeout=15)
+        server.stop()
+    assert not thread.is_alive()

@@ -47,7 +47,8 @@ logger = Logger(service="offload-worker")
 # How many rounds of slice dispatch one loop turn may do before it takes jobs again.
 _DISPATCH_ROUNDS_PER_TURN = 4
 _ORPHAN_SWEEP_S = 60.0
-# Results of finished jobs ride with the next take; a slow batch sends them sooner.
+# Results of finished jobs ride with the next take, unless the oldest of them has waited this
+# long since its job started: a slow job's result is sent as soon as it is in.
 _ACK_MAX_DELAY_S = 0.05
 # The main loop's wait after Redis failed it (redis-py has already retried by then).
 _RETRY_BASE_S = 0.1
@@ -228,6 +229,7 @@ class Worker:
                 self._requeue_batch()
                 return
             job = self._batch[0]
+            started = time.monotonic()
             try:
                 ack = self._run_job(job)
             except GraceExpired:
@@ -239,7 +241,7 @@ class Worker:
             self.processed += 1
             if ack is not None:
                 if not self._acks:
-                    self._acks_since = time.monotonic()
+                    self._acks_since = started
                 self._acks.append((job.job_id, ack))
             if self._acks and time.monotonic() - self._acks_since >= _ACK_MAX_DELAY_S:
                 self._flush_acks()
