@@ -125,7 +125,7 @@ class Scenario:
         thread.start()
         return thread
 
-    def finish(self, queue: Queue, timeout_s: float = 45, compute: LocalCompute | None = None) -> Figures:
+    def finish(self, queue: Queue, timeout_s: float = 30, compute: LocalCompute | None = None) -> Figures:
         f = self.figures
         try:
             drain(queue, timeout_s)
@@ -235,7 +235,7 @@ def kill9(s: Scenario) -> Figures:
             held = held_jobs(queue, victim.worker_id)
 
             def watch(held: list[str] = held, killed: float = killed) -> None:
-                terminal_within(queue, held, 60)
+                terminal_within(queue, held, 30)
                 s.figures.recovery_s.append(time.monotonic() - killed)
 
             watchers.append(threading.Thread(target=watch, daemon=True))
@@ -288,7 +288,7 @@ def client_kill(s: Scenario) -> Figures:
         s.submit_many(2000, 250, work_mix(3, fan_every=10)).join()
         stop.set()
         thread.join()
-        s.figures.recovery_s += settle(queue, 60)
+        s.figures.recovery_s += settle(queue, 30)
         s.figures.recovery = "last kill -> every job ended"
         s.figures.notes["connections killed"] = kills[0]
         return s.finish(queue, compute=compute)
@@ -311,7 +311,7 @@ def lost_replies(s: Scenario) -> Figures:
         s.submit_many(1500, 200, work_mix(3, fan_every=10)).join()
         time.sleep(1)
         proxy.lose_replies()
-        s.figures.recovery_s += settle(queue, 60)
+        s.figures.recovery_s += settle(queue, 30)
         s.figures.recovery = "end of the losses -> every job ended"
         s.figures.notes["replies lost"] = proxy.replies_lost
         return s.finish(queue, compute=compute)

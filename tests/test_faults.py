@@ -9,6 +9,7 @@ import json
 import logging
 import threading
 import time
+import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -389,6 +390,25 @@ def test_a_lost_blmove_reply_leaves_no_job_stranded_in_an_idle_worker(
 
     assert proxy.replies_lost == 1 and waited < 3
     assert diag.read_runs(runs) == {0: 1} and audit(direct.client, direct.keys, [job_id]).ok
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="scripts.TAKE with a moved id LREMs the job when start_job refuses it: when its reply is lost and "
+    "redis-py sends it again, the second call finds the job running and removes it from the processing list, "
+    "so the job stays running in no list for ever",
+)
+def test_a_lost_reply_to_the_take_after_a_blmove_leaves_no_job_stranded(
+    own_redis: RedisServer, proxy: Proxy, in_process: Callable[..., Worker]
+) -> None:
+    direct = worker_queue(own_redis.url, FAST)
+    in_process(worker_queue(proxy.url, FAST))
+    time.sleep(0.5)  # idle: blocked in BLMOVE, so the next job comes by BLMOVE, then TAKE with its id
+    job_id = uuid.uuid4().hex
+    proxy.lose_replies(match=job_id.encode(), count=1)  # the first command the worker sends with the id
+    direct.enqueue(NewJob(type="fault.work", payload='{"n": 0}', tenant="t", max_tries=3), job_id=job_id)
+
+    wait_until(all_are(direct, [job_id], Status.SUCCEEDED), 5)
 
 
 def test_a_lost_take_slices_reply_leaves_no_slice_undispatched(
