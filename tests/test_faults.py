@@ -194,11 +194,6 @@ def test_a_job_that_stalls_past_max_stalls_is_dead_lettered_as_worker_lost(make_
     assert queue.client.lrange(queue.keys.dead, 0, -1) == [job_id] and queue.stats().balanced
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="scripts.REAP drops a job that a dead worker had moved with BLMOVE but not started "
-    "(status 'queued' in its processing list): DEL processing loses it",
-)
 def test_a_job_moved_by_a_worker_that_died_before_starting_it_goes_back_to_the_queue(queue: Queue) -> None:
     job_id = submit(queue, 0)
     queue.client.lmove(queue.keys.queued, queue.keys.processing("dead"), "RIGHT", "LEFT")  # BLMOVE, then kill -9
@@ -431,12 +426,6 @@ def test_a_lost_take_slices_reply_leaves_no_slice_undispatched(
     assert audit(direct.client, direct.keys, [job_id]).ok
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="scripts.ENQUEUE is not idempotent per job id: a reply lost after it ran makes redis-py send "
-    "it again, and the job is pushed and counted twice (and, if a worker took it meanwhile, set back to "
-    "queued: it then runs and succeeds twice)",
-)
 def test_a_lost_enqueue_reply_enqueues_the_job_once(own_redis: RedisServer) -> None:
     with Proxy(("127.0.0.1", own_redis.port)) as proxy:
         queue = api_queue(proxy.url)
@@ -637,10 +626,6 @@ def test_after_a_full_mix_of_jobs_every_key_left_has_a_lifetime_or_is_a_known_qu
     assert audit(fan_queue.client, fan_queue.keys, ids).ok
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="the dead-letter list is never trimmed: ids of dead jobs whose records expired stay in it for ever",
-)
 def test_the_dead_letter_list_lets_go_of_jobs_whose_records_expired(make_queue: Callable[..., Queue]) -> None:
     queue = make_queue(dead_job_ttl_s=1)
     for n in range(3):

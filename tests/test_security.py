@@ -305,11 +305,6 @@ def test_one_idempotency_key_in_two_tenants_makes_two_jobs(master: ModuleType) -
     assert a["job_id"] != b["job_id"]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="keys.idempotency joins tenant and key with ':', so tenant 'acme' + key 'dev:k' and tenant "
-    "'acme:dev' + key 'k' share one record: the second gets the first's job id (keys.py, not owned here)",
-)
 def test_an_idempotency_key_cannot_reach_into_another_tenants_namespace(master: ModuleType) -> None:
     a = call(master, api_event("POST", "/jobs", ECHO, headers={"Idempotency-Key": "dev:k"}, tenant="acme"))[1]
     status, b = call(master, api_event("POST", "/jobs", ECHO, headers={"Idempotency-Key": "k"}, tenant="acme:dev"))
@@ -925,11 +920,6 @@ def logs_of() -> Iterator[Callable[[ModuleType], Callable[[], str]]]:
         target.removeHandler(handler)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="lambdas/compute.py logs e.errors(include_url=False) for a malformed event: the input, "
-    "callback_token included (not owned here)",
-)
 def test_a_malformed_compute_event_is_dropped_without_logging_its_token(
     compute: ModuleType, logs_of: Callable[[ModuleType], Callable[[], str]]
 ) -> None:
@@ -941,11 +931,6 @@ def test_a_malformed_compute_event_is_dropped_without_logging_its_token(
     assert "malformed compute event dropped" in logged() and token not in logged()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="lambdas/callback.py logs e.errors(include_url=False) for an unreadable OnFailure record: "
-    "its requestPayload, callback_token included (not owned here)",
-)
 def test_an_unreadable_on_failure_record_is_dropped_without_logging_its_token(
     callback: ModuleType, logs_of: Callable[[ModuleType], Callable[[], str]]
 ) -> None:
@@ -958,10 +943,6 @@ def test_an_unreadable_on_failure_record_is_dropped_without_logging_its_token(
     assert "unreadable OnFailure record dropped" in logged() and token not in logged()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="cli.py's `local up` prints REDIS_URL verbatim in its ready line, AUTH password included (not owned here)",
-)
 @pytest.mark.timeout(60)
 def test_local_up_does_not_print_the_redis_password(tmp_path: Path, password_redis: tuple[str, str]) -> None:
     redis_url, password = password_redis

@@ -255,7 +255,7 @@ def cmd_local_up(args: argparse.Namespace) -> int:
         assert stack.worker is not None
         try:
             stack.worker.install_signal_handlers()
-            redis_url = os.environ["REDIS_URL"]
+            redis_url = _without_password(os.environ["REDIS_URL"])
             message = f"offload local stack ready at {stack.url} (Redis {redis_url}, outputs in {stack.output_dir})"
             ready = {"status": "ready", "url": stack.url, "redis_url": redis_url, "output_dir": str(stack.output_dir)}
             _print(args, ready, message, file=answers)
@@ -359,6 +359,14 @@ def _http(method: str, url: str, body: Any = None, headers: dict[str, str] | Non
 
 
 _EXECUTE_API_REGION = re.compile(r"\.execute-api\.([a-z0-9-]+)\.amazonaws\.com")
+
+
+def _without_password(url: str) -> str:
+    """A Redis URL fit to print: the AUTH password masked."""
+    parts = urllib.parse.urlsplit(url)
+    if not parts.password:
+        return url
+    return parts._replace(netloc=f"{parts.username or ''}:***@{parts.netloc.rpartition('@')[2]}").geturl()
 
 
 def _sigv4(method: str, url: str, data: bytes) -> dict[str, str]:

@@ -106,5 +106,7 @@ class QueueKeys:
         return f"{self.base}:slices:"
 
     def idempotency(self, tenant: str, key: str) -> str:
-        """String: the job id a client's ``Idempotency-Key`` maps to, with the request digest."""
-        return f"{self.base}:idem:{tenant}:{key}"
+        """String: the job id a client's ``Idempotency-Key`` maps to, with the request digest.
+
+        The tenant's length comes first, so no tenant and key pair can spell another's."""
+        return f"{self.base}:idem:{len(tenant)}:{tenant}:{key}"

@@ -20,12 +20,17 @@ import redis
 
 # Helpers shared by the scripts below. Lua has no modules in EVAL, so the prelude is
 # prepended to each script's body.
-_PRELUDE = r"""
+# Helpers shared by the scripts below. EVAL has no modules, so each script is sent with the
+# helpers it calls (and the ones those call) prepended, in this order; a script that needs
+# none pays for none, since Redis runs the whole source on every call.
+_HELPERS: dict[str, str] = {
+    "bump": r"""
 local function bump(counts, from, to)
   if from and from ~= '' then redis.call('HINCRBY', counts, from, -1) end
   if to and to ~= '' then redis.call('HINCRBY', counts, to, 1) end
 end
-
+""",
+    "add_history": r"""
 local function add_history(jobkey, entry)
   local raw = redis.call('HGET', jobkey, 'history')
   if not raw then
@@ -34,14 +39,16 @@ local function add_history(jobkey, entry)
     redis.call('HSET', jobkey, 'history', string.sub(raw, 1, -2) .. ',' .. entry .. ']')
   end
 end
-
+""",
+    "expire_job": r"""
 local function expire_job(base, id, ttl)
   if tonumber(ttl) > 0 then
     redis.call('EXPIRE', base .. ':job:' .. id, ttl)
     redis.call('EXPIRE', base .. ':slices:' .. id, ttl)
   end
 end
-
+""",
+    "to_dead": r"""
 local function to_dead(base, counts, id, from, reason, now, ttl)
   local jobkey = base .. ':job:' .. id
   redis.call('HSET', jobkey, 'status', 'dead', 'error', reason, 'finished_ms', now, 'updated_ms', now)
@@ -49,14 +56,16 @@ local function to_dead(base, counts, id, from, reason, now, ttl)
   bump(counts, from, 'dead')
   expire_job(base, id, ttl)
 end
-
+""",
+    "wake_workers": r"""
 -- Workers block on the batch list; work that arrives elsewhere (an interactive job, a
 -- slice ready to dispatch) leaves a marker there so that a blocked worker wakes at once.
 -- At most one marker waits at a time, and the take script drops it.
 local function wake_workers(base)
   if redis.call('LLEN', base .. ':queued') == 0 then redis.call('LPUSH', base .. ':queued', '~') end
 end
-
+""",
+    "push_job": r"""
 -- Put a job on the list of its class; 'front' means it is taken next.
 local function push_job(base, id, front)
   local list = base .. ':queued'
@@ -66,7 +75,8 @@ local function push_job(base, id, front)
   end
   if front then redis.call('RPUSH', list, id) else redis.call('LPUSH', list, id) end
 end
-
+""",
+    "ready_slice": r"""
 -- Make a slice ready for dispatch on its tenant's list, and the tenant part of the ring.
 local function ready_slice(base, id, n, front)
   local tenant = redis.call('HGET', base .. ':job:' .. id, 'tenant') or ''
@@ -76,7 +86,8 @@ local function ready_slice(base, id, n, front)
   if not redis.call('LPOS', base .. ':tenants', tenant) then redis.call('RPUSH', base .. ':tenants', tenant) end
   wake_workers(base)
 end
-
+""",
+    "end_dispatch": r"""
 -- A dispatched slice attempt is over (called back, failed, timed out or lost): its tenant
 -- has one slice fewer in flight, so one of its waiting slices may go.
 local function end_dispatch(base, id)
@@ -86,7 +97,8 @@ local function end_dispatch(base, id)
   end
   if redis.call('LLEN', base .. ':ready:' .. tenant) > 0 then wake_workers(base) end
 end
-
+""",
+    "fail_slice": r"""
 -- A slice failed (callback, Lambda failure record, missed deadline or failed dispatch).
 -- Returns 'retrying' or 'dead'. The caller has checked the job is waiting and the attempt
 -- is the slice's current one, and has ended its dispatch.
@@ -108,7 +120,8 @@ local function fail_slice(base, counts, id, n, attempt, reason, retryable, now, 
   to_dead(base, counts, id, 'waiting', 'slice ' .. n .. ': ' .. reason, now, dead_ttl)
   return 'dead'
 end
-
+""",
+    "start_job": r"""
 -- Mark a job the worker now holds as running; returns the fields the worker needs, or
 -- nil for an entry that is no job to run (a wake-up marker, or a job that is not queued).
 local function start_job(base, counts, id, now)
@@ -121,11 +134,15 @@ local function start_job(base, counts, id, now)
                        'trace', 'created_ms')
   return {id, f[1], f[2], f[3], tostring(attempt), f[4] or '1', f[5] or '0', f[6] or '', f[7] or ''}
 end
-"""
+""",
+}
+
 
 # KEYS: job, queued, counts, idempotency, queued_interactive
 # ARGV: job_id, max_backlog, idempotency digest ('' = none), idempotency ttl_s, base, field, value, ...
 ENQUEUE = r"""
+-- the same call sent again (redis-py resends after a lost reply) finds its job already there
+if redis.call('EXISTS', KEYS[1]) == 1 then return {'accepted', ARGV[1]} end
 if ARGV[3] ~= '' then
   local seen = redis.call('GET', KEYS[4])
   if seen then
@@ -386,7 +403,8 @@ return 0
 # Housekeeping that any worker may run at any time, atomically:
 #  1. jobs and slices held by workers whose lease ran out go back to their lists;
 #  2. dispatched slices past their deadline fail with "no callback";
-#  3. retries whose backoff is over become ready again.
+#  3. retries whose backoff is over become ready again;
+#  4. the dead-letter list lets go of jobs whose records expired.
 # KEYS: workers, counts, deadlines, delayed
 # ARGV: base, now_ms, max_stalls, limit, backoff_ms, dead_ttl_s
 # Returns {jobs recovered, slices recovered, jobs lost for good, slices timed out, promoted}.
@@ -408,7 +426,12 @@ for _, wid in ipairs(redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now, 'LIMIT', 
       end
     else
       local jobkey = base .. ':job:' .. item
-      if redis.call('HGET', jobkey, 'status') == 'running' then
+      local status = redis.call('HGET', jobkey, 'status')
+      if status == 'queued' then
+        -- moved by BLMOVE, but the worker died before the take script started it
+        push_job(base, item, true)
+        recovered = recovered + 1
+      elseif status == 'running' then
         local stalls = redis.call('HINCRBY', jobkey, 'stalls', 1)
         redis.call('HINCRBY', KEYS[2], 'stalled', 1)
         add_history(jobkey, cjson.encode({event = 'stalled', error = 'worker lost', worker = wid, at_ms = now}))
@@ -466,6 +489,11 @@ for _, member in ipairs(redis.call('ZRANGEBYSCORE', KEYS[4], '-inf', now, 'LIMIT
     end
   end
 end
+-- ids of dead jobs whose records have expired leave the dead-letter list (oldest first)
+local dead = base .. ':dead'
+for _, id in ipairs(redis.call('LRANGE', dead, -100, -1)) do
+  if redis.call('EXISTS', base .. ':job:' .. id) == 0 then redis.call('LREM', dead, 0, id) end
+end
 return {recovered, slices_recovered, lost, timed_out, promoted}
 """
 
@@ -492,8 +520,20 @@ class Script:
     sha: str
 
 
+def _helpers_for(body: str) -> list[str]:
+    needed: set[str] = set()
+    pending = [body]
+    while pending:
+        text = pending.pop()
+        for helper, source in _HELPERS.items():
+            if helper not in needed and f"{helper}(" in text:
+                needed.add(helper)
+                pending.append(source)
+    return [helper for helper in _HELPERS if helper in needed]
+
+
 def _compile(name: str, body: str) -> Script:
-    source = _PRELUDE + body
+    source = "".join(_HELPERS[h] for h in _helpers_for(body)) + body
     return Script(name, source, hashlib.sha1(source.encode()).hexdigest())
 
 
@@ -515,7 +555,12 @@ def call(name: str, keys: Sequence[str], args: Sequence[Any]) -> ScriptCall:
 
 def run(client: redis.Redis, script_call: ScriptCall) -> Any:
     """EVALSHA, loading the script on NOSCRIPT (once per server, or after a failover)."""
-    return run_all(client, [script_call])[0]
+    c = script_call
+    try:
+        return client.evalsha(c.script.sha, len(c.keys), *c.keys, *c.args)
+    except redis.exceptions.NoScriptError:
+        client.script_load(c.script.source)
+        return client.evalsha(c.script.sha, len(c.keys), *c.keys, *c.args)
 
 
 def run_all(client: redis.Redis, calls: Sequence[ScriptCall]) -> list[Any]:

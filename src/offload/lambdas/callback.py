@@ -12,7 +12,6 @@ import time
 from typing import Any
 
 from aws_lambda_powertools.logging import Logger
-from aws_lambda_powertools.tracing import Tracer
 from pydantic import ValidationError
 
 from offload import observability as obs
@@ -26,7 +25,7 @@ from offload.queue import Outcome, OutcomeVerdict, Queue
 from offload.retries import backoff_ms
 
 logger = Logger(service="offload-callback")
-tracer = Tracer(service="offload-callback", auto_patch=False)
+# No Powertools Tracer, for the cold start: see the master function's note.
 
 SETTINGS = settings()
 QUEUE = Queue(connect(SETTINGS, "api"), SETTINGS)
@@ -41,7 +40,6 @@ def _secret() -> str:
     return _SECRET
 
 
-@tracer.capture_lambda_handler(capture_response=False)
 def handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
     logger.clear_state()
     try:
@@ -100,8 +98,6 @@ def apply(job_id: str, outcome: SliceOutcome) -> Outcome:
         backoff_ms=backoff_ms(outcome.attempt, SETTINGS.retry_base_s, SETTINGS.retry_max_s),
     )
     logger.append_keys(job_type=applied.type or None, tenant=applied.tenant or None)
-    tracer.put_annotation(key="job_id", value=job_id)
-    tracer.put_annotation(key="job_type", value=applied.type)
     _record(applied, outcome.error)
     return applied
 
@@ -111,7 +107,9 @@ def on_failure_record(event: dict[str, Any]) -> dict[str, Any]:
     try:
         record = LambdaFailureRecord.model_validate(event)
     except ValidationError as e:
-        logger.error("unreadable OnFailure record dropped", extra={"errors": e.errors(include_url=False)})
+        logger.error(
+            "unreadable OnFailure record dropped", extra={"errors": e.errors(include_url=False, include_input=False)}
+        )
         return {"verdict": "rejected"}
     invocation: SliceInvocation = record.request_payload
     outcome = SliceOutcome(

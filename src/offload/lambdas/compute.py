@@ -50,7 +50,9 @@ def run(event: dict[str, Any]) -> dict[str, Any]:
         invocation = SliceInvocation.model_validate(event)
     except ValidationError as e:
         # Nobody to report to without a callback URL: log it and do not retry.
-        logger.error("malformed compute event dropped", extra={"errors": e.errors(include_url=False)})
+        logger.error(
+            "malformed compute event dropped", extra={"errors": e.errors(include_url=False, include_input=False)}
+        )
         return {"status": "rejected", "reason": "malformed event"}
     logger.append_keys(
         job_id=invocation.job_id, job_type=invocation.type, slice_id=invocation.slice, attempt=invocation.attempt

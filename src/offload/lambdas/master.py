@@ -9,7 +9,6 @@ import os
 from typing import Any
 
 from aws_lambda_powertools.logging import Logger
-from aws_lambda_powertools.tracing import Tracer
 
 from offload import observability as obs
 from offload.config import settings
@@ -22,9 +21,10 @@ from offload.models import JobAccepted, JobRequest, JobView
 from offload.queue import EnqueueVerdict, NewJob, Queue
 
 logger = Logger(service="offload-master")
-# Nothing is patched: this function talks to Redis only, and the X-Ray SDK's botocore
-# patch would be dead weight here.
-tracer = Tracer(service="offload-master", auto_patch=False)
+# No Powertools Tracer here: the X-Ray SDK under it loads botocore, half of this function's
+# cold start (see docs/benchmarks.md). Lambda's active tracing still records the invocation,
+# and the job carries its trace header on to the worker, compute and callback; the compute
+# function's annotations (job_id, job_type) make the whole trace findable.
 
 SETTINGS = settings()
 # Module scope: one connection pool per execution environment, reused across invocations.
@@ -32,7 +32,6 @@ QUEUE = Queue(connect(SETTINGS, "api"), SETTINGS)
 METRICS = obs.new_metrics(SETTINGS)
 
 
-@tracer.capture_lambda_handler(capture_response=False)
 def handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
     logger.clear_state()
     try:
@@ -88,7 +87,9 @@ def submit(request: Request) -> dict[str, Any]:
     idempotency_key = request.header("idempotency-key")
     if len(idempotency_key) > 128:
         raise HttpError(400, "bad_idempotency_key", "Idempotency-Key must be at most 128 characters")
-    digest = hashlib.sha256(json.dumps([body.type, payload_json, body.priority]).encode()).hexdigest()[:32]
+    digest = ""
+    if idempotency_key:
+        digest = hashlib.sha256(json.dumps([body.type, payload_json, body.priority]).encode()).hexdigest()[:32]
 
     result = QUEUE.enqueue(
         NewJob(
@@ -118,8 +119,6 @@ def submit(request: Request) -> dict[str, Any]:
             f"Idempotency-Key {idempotency_key!r} was used for a different request (job {result.job_id})",
         )
 
-    tracer.put_annotation(key="job_id", value=result.job_id)
-    tracer.put_annotation(key="job_type", value=body.type)
     if result.verdict == EnqueueVerdict.ACCEPTED:
         obs.count(METRICS, obs.JOBS_ACCEPTED)
     location = f"/jobs/{result.job_id}"

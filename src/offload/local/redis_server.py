@@ -98,6 +98,9 @@ def start_redis(port: int | None = None, *, extra_args: tuple[str, ...] = ()) ->
             client.ping()
             client.close()
             return server
+        except redis.AuthenticationError:  # up, and asking for the password it was given
+            client.close()
+            return server
         except redis.ConnectionError:
             if process.poll() is not None or time.monotonic() > deadline:
                 server.stop()
