@@ -86,7 +86,7 @@ class _FaultAware(AbstractConnection):
 
     def read_response(self, *args: Any, **kwargs: Any) -> Any:
         try:
-            return super().read_response(*args, **kwargs)  # type: ignore[no-untyped-call]
+            return super().read_response(*args, **kwargs)
         except redis.exceptions.BusyLoadingError:
             raise  # an answer (LOADING), not a lost reply; retried as a ConnectionError
         except redis.ResponseError as e:

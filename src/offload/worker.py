@@ -208,7 +208,7 @@ class Worker:
             self._flush_acks()
             self._reconcile()  # entries we never heard of go back now, not after the lease
             self._requeue_batch()
-            held = int(self.queue.client.llen(self.queue.keys.processing(self.worker_id)))  # type: ignore[arg-type]
+            held = int(self.queue.client.llen(self.queue.keys.processing(self.worker_id)))
             if held == 0:
                 self.queue.retire(self.worker_id)
             else:
