@@ -387,12 +387,6 @@ def test_a_lost_blmove_reply_leaves_no_job_stranded_in_an_idle_worker(
     assert diag.read_runs(runs) == {0: 1} and audit(direct.client, direct.keys, [job_id]).ok
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="scripts.TAKE with a moved id LREMs the job when start_job refuses it: when its reply is lost and "
-    "redis-py sends it again, the second call finds the job running and removes it from the processing list, "
-    "so the job stays running in no list for ever",
-)
 def test_a_lost_reply_to_the_take_after_a_blmove_leaves_no_job_stranded(
     own_redis: RedisServer, proxy: Proxy, in_process: Callable[..., Worker]
 ) -> None:

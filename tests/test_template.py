@@ -661,7 +661,7 @@ def test_each_component_gets_the_settings_it_needs_in_aws(deployment: Deployment
 
 
 def test_redis_replication_group_per_stage(staging: Deployment, prod: Deployment) -> None:
-    for d, nodes, multi_az in ((staging, 1, False), (prod, 2, True)):
+    for d, nodes, multi_az in ((staging, 2, True), (prod, 3, True)):
         props = d.props("RedisReplicationGroup")
         assert props["TransitEncryptionEnabled"] is True and props["AtRestEncryptionEnabled"] is True
         assert props["AuthToken"] == {"Fn::Sub": "{{resolve:secretsmanager:${RedisAuthSecret}:SecretString:token}}"}
@@ -669,6 +669,7 @@ def test_redis_replication_group_per_stage(staging: Deployment, prod: Deployment
         assert props["MultiAZEnabled"] is multi_az and props["AutomaticFailoverEnabled"] is multi_az
         assert props["SecurityGroupIds"] == [{"Ref": "RedisSecurityGroup"}]
         assert d.props("RedisParameterGroup")["Properties"]["maxmemory-policy"] == "noeviction"
+        assert d.props("RedisParameterGroup")["Properties"]["hash-max-listpack-value"] == "1024"
         assert not any(n.startswith("RedisServerless") for n, _ in d.resources())
 
 

@@ -121,6 +121,14 @@ local function fail_slice(base, counts, id, n, attempt, reason, retryable, now, 
   return 'dead'
 end
 """,
+    "job_row": r"""
+-- What a worker needs to run a job it holds.
+local function job_row(base, id)
+  local f = redis.call('HMGET', base .. ':job:' .. id, 'type', 'tenant', 'payload', 'attempts', 'max_tries',
+                       'failures', 'trace', 'created_ms')
+  return {id, f[1], f[2], f[3], f[4] or '1', f[5] or '1', f[6] or '0', f[7] or '', f[8] or ''}
+end
+""",
     "start_job": r"""
 -- Mark a job the worker now holds as running; returns the fields the worker needs, or
 -- nil for an entry that is no job to run (a wake-up marker, or a job that is not queued).
@@ -128,11 +136,9 @@ local function start_job(base, counts, id, now)
   local jobkey = base .. ':job:' .. id
   if redis.call('HGET', jobkey, 'status') ~= 'queued' then return nil end
   redis.call('HSET', jobkey, 'status', 'running', 'started_ms', now, 'updated_ms', now)
-  local attempt = redis.call('HINCRBY', jobkey, 'attempts', 1)
+  redis.call('HINCRBY', jobkey, 'attempts', 1)
   bump(counts, 'queued', 'running')
-  local f = redis.call('HMGET', jobkey, 'type', 'tenant', 'payload', 'max_tries', 'failures',
-                       'trace', 'created_ms')
-  return {id, f[1], f[2], f[3], tostring(attempt), f[4] or '1', f[5] or '0', f[6] or '', f[7] or ''}
+  return job_row(base, id)
 end
 """,
 }
@@ -184,7 +190,15 @@ redis.call('ZADD', KEYS[4], ARGV[6], ARGV[5])
 local taken = {}
 if ARGV[4] ~= '' then
   local job = start_job(base, KEYS[3], ARGV[4], now)
-  if job then taken[#taken + 1] = job else redis.call('LREM', KEYS[2], 1, ARGV[4]) end
+  if job then
+    taken[#taken + 1] = job
+  elseif redis.call('HGET', base .. ':job:' .. ARGV[4], 'status') == 'running'
+         and redis.call('LPOS', KEYS[2], ARGV[4]) then
+    -- this very call, sent again after its reply was lost: the job is ours already
+    taken[#taken + 1] = job_row(base, ARGV[4])
+  else
+    redis.call('LREM', KEYS[2], 1, ARGV[4])
+  end
 end
 if #taken >= max_jobs then return taken end
 local slot = redis.call('INCRBY', KEYS[6], max_jobs) - max_jobs

