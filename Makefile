@@ -23,8 +23,8 @@ run: $(STAMP)
 test: lint types pytest validate
 
 lint: $(STAMP)
-	$(BIN)/ruff check src tests bench
-	$(BIN)/ruff format --check src tests bench
+	$(BIN)/ruff check src tests bench faults
+	$(BIN)/ruff format --check src tests bench faults
 
 types: $(STAMP)
 	$(BIN)/mypy
