@@ -96,12 +96,17 @@ def settings(environment: dict[str, str]) -> Settings:
 
 
 @pytest.fixture
-def make_queue(settings: Settings) -> Callable[..., Queue]:
+def make_queue(settings: Settings) -> Iterator[Callable[..., Queue]]:
+    made: list[Queue] = []
+
     def build(**overrides: Any) -> Queue:
         s = dataclasses.replace(settings, **overrides)
-        return Queue(connect(s, "worker"), s)
+        made.append(Queue(connect(s, "worker"), s))
+        return made[-1]
 
-    return build
+    yield build
+    for queue in made:
+        queue.client.close()
 
 
 @pytest.fixture

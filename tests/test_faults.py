@@ -591,7 +591,7 @@ def test_a_slice_over_the_invoke_limit_dead_letters_the_job_before_any_dispatch(
 
 # Keys of a queue that live as long as the queue (each bounded: a fixed set of fields, one
 # entry per live worker or tenant), and the dead-letter list (see the test below).
-LONG_LIVED = {"counts", "picks", "dead", "workers", "tenants", "inflight"}
+LONG_LIVED = {"counts", "picks", "dead", "workers", "tenants", "inflight", "published"}
 
 
 def test_after_a_full_mix_of_jobs_every_key_left_has_a_lifetime_or_is_a_known_queue_key(

@@ -154,21 +154,19 @@ def test_the_callback_logs_carry_job_slice_attempt_type_and_tenant(callback: Mod
     assert applied["job_type"] == "thumbnail" and applied["tenant"] == "t"
 
 
-def test_the_master_emits_emf_for_accepted_and_rejected_jobs(
-    master: ModuleType, capsys: pytest.CaptureFixture[str]
-) -> None:
+def test_the_master_emits_emf_only_for_rejected_jobs(master: ModuleType, capsys: pytest.CaptureFixture[str]) -> None:
     master.handler(api_event("POST", "/jobs", THUMBNAIL), None)
     master.handler(api_event("POST", "/jobs", {"type": "nope", "payload": {}}), None)
 
     docs = emf_documents(capsys.readouterr().out)
-    assert metric_values(docs, obs.JOBS_ACCEPTED) == [1.0]
+    assert metric_values(docs, obs.JOBS_ACCEPTED) == []  # published from the queue's counters instead
     [rejected] = [d for d in docs if obs.JOBS_REJECTED in d]
     directive = rejected["_aws"]["CloudWatchMetrics"][0]
     assert directive["Namespace"] == "offload" and sorted(directive["Dimensions"][0]) == ["queue", "reason", "stage"]
     assert rejected["reason"] == "unknown_job_type"
 
 
-def test_the_callback_emits_slice_and_job_metrics(
+def test_the_callback_emits_the_job_latency_when_the_last_slice_lands(
     callback: ModuleType, queue: Queue, capsys: pytest.CaptureFixture[str]
 ) -> None:
     from tests.test_callback import dispatched_job, outcome, post
@@ -177,10 +175,9 @@ def test_the_callback_emits_slice_and_job_metrics(
     post(callback, job_id, outcome(job_id))
 
     docs = emf_documents(capsys.readouterr().out)
-    assert metric_values(docs, obs.SLICES_SUCCEEDED) == [1.0] and metric_values(docs, obs.JOBS_SUCCEEDED) == [1.0]
     [latency] = metric_values(docs, obs.JOB_LATENCY)
     assert latency >= 0
-    doc = next(d for d in docs if obs.JOBS_SUCCEEDED in d)
+    doc = next(d for d in docs if obs.JOB_LATENCY in d)
     assert doc["_aws"]["CloudWatchMetrics"][0]["Dimensions"] == [["stage", "queue"]]
     assert doc["stage"] == "local" and doc["queue"] == "default"
 
@@ -210,3 +207,54 @@ def test_the_worker_dispatch_span_continues_the_jobs_x_ray_trace(queue: Queue) -
     assert span.attributes == {"job_id": "j" * 32, "job_type": "thumbnail", "slice": 3, "attempt": 2}
     header = obs.trace_fields(invoker.traces[0])
     assert header["Root"] == obs.trace_root(TRACE) and header["Parent"] == f"{span.context.span_id:016x}"
+
+
+def test_one_worker_at_a_time_publishes_the_queues_gauges_and_counter_growth(
+    queue: Queue, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from offload.queue import NewJob
+
+    def publish(worker_id: str) -> tuple[bool, list[dict[str, Any]]]:
+        metrics = obs.SharedMetrics(queue.settings)
+        published = obs.QueueGauges(queue, metrics, worker_id, interval_s=60).publish()
+        metrics.flush(force=True)
+        return published, emf_documents(capsys.readouterr().out)
+
+    for _ in range(3):
+        queue.enqueue(NewJob(type="echo", payload="{}", tenant="t", max_tries=1))
+    first, baseline = publish("w1")
+    for _ in range(2):
+        queue.enqueue(NewJob(type="echo", payload="{}", tenant="t", max_tries=1))
+    queue.client.delete(queue.keys.metrics_leader)  # the interval is over
+    second, docs = publish("w2")
+    blocked, nothing = publish("w3")  # w2 holds this interval
+
+    assert first and second and not blocked and nothing == []
+    assert metric_values(baseline, obs.JOBS_ACCEPTED) == []  # the first reading is the baseline
+    assert metric_values(docs, obs.JOBS_ACCEPTED) == [2.0]
+    assert metric_values(docs, obs.QUEUE_DEPTH) == [5.0] and metric_values(docs, obs.DEAD_LETTER_DEPTH) == [0.0]
+    assert metric_values(docs, obs.BACKLOG_PER_WORKER) == [5.0]
+    assert docs[0]["_aws"]["CloudWatchMetrics"][0]["Dimensions"] == [["stage", "queue"]]
+
+
+def test_a_running_worker_emits_its_heartbeat_and_job_counts(queue: Queue, capsys: pytest.CaptureFixture[str]) -> None:
+    import dataclasses
+    import threading
+    import time
+
+    from offload.handlers import registry
+    from offload.queue import NewJob
+    from offload.worker import Worker
+
+    settings = dataclasses.replace(queue.settings, metrics_interval_s=0.2)
+    worker = Worker(Queue(queue.client, settings), registry, settings)
+    queue.enqueue(NewJob(type="echo", payload="{}", tenant="t", max_tries=1))
+    thread = threading.Thread(target=worker.run, daemon=True)
+    thread.start()
+    time.sleep(1.0)
+    worker.stop()
+    thread.join(timeout=10)
+
+    docs = emf_documents(capsys.readouterr().out)
+    assert sum(metric_values(docs, obs.WORKER_HEARTBEAT)) >= 2
+    assert sum(metric_values(docs, obs.JOBS_TAKEN)) == 1 and len(metric_values(docs, obs.JOB_LATENCY)) == 1

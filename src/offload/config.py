@@ -55,6 +55,7 @@ class Settings:
     block_s: float = 1.0
     batch_size: int = 32
     shutdown_grace_s: float = 25.0
+    metrics_interval_s: float = 15.0  # gauges and counters are published this often
     dispatch_concurrency: int = 16
     tenant_max_inflight: int = 64  # slices one tenant may have dispatched at once; 0 = no cap
     slice_timeout_s: float = 900.0
@@ -98,6 +99,7 @@ class Settings:
             block_s=_float("OFFLOAD_BLOCK_S", d.block_s),
             batch_size=_int("OFFLOAD_BATCH_SIZE", d.batch_size),
             shutdown_grace_s=_float("OFFLOAD_SHUTDOWN_GRACE_S", d.shutdown_grace_s),
+            metrics_interval_s=_float("OFFLOAD_METRICS_INTERVAL_S", d.metrics_interval_s),
             dispatch_concurrency=_int("OFFLOAD_DISPATCH_CONCURRENCY", d.dispatch_concurrency),
             tenant_max_inflight=_int("OFFLOAD_TENANT_MAX_INFLIGHT", d.tenant_max_inflight),
             slice_timeout_s=_float("OFFLOAD_SLICE_TIMEOUT_S", d.slice_timeout_s),

@@ -26,9 +26,11 @@ from typing import Any, Literal
 import redis
 from redis.backoff import ExponentialWithJitterBackoff
 from redis.connection import AbstractConnection, Connection, SSLConnection, UnixDomainSocketConnection
+from redis.credentials import CredentialProvider
 from redis.retry import Retry
 
 from offload.config import Settings
+from offload.errors import ConfigError
 from offload.secret_store import secret_string
 
 Role = Literal["api", "worker"]
@@ -121,6 +123,24 @@ def connection_class(url: str) -> type[AbstractConnection]:
     return FaultAwareConnection
 
 
+class SecretsManagerPassword(CredentialProvider):
+    """The Redis AUTH token, read from Secrets Manager when the first connection is made.
+
+    Not at import: in Lambda the Parameters and Secrets extension answers only once the
+    function's init phase is over, and module scope runs during init. A failure to read it
+    is a connection failure (503 at the API, a retry in the worker), never a crash.
+    """
+
+    def __init__(self, secret_arn: str) -> None:
+        self.secret_arn = secret_arn
+
+    def get_credentials(self) -> tuple[str]:
+        try:
+            return (secret_string(self.secret_arn),)
+        except ConfigError as e:
+            raise redis.ConnectionError(str(e)) from e
+
+
 def connect(settings: Settings, role: Role) -> redis.Redis:
     """A client for ``settings.redis_url``.
 
@@ -130,7 +150,7 @@ def connect(settings: Settings, role: Role) -> redis.Redis:
     but well below the lease, so a connection that went silent is noticed before the lease
     runs out; reconnects back off up to a few seconds.
     """
-    password = secret_string(settings.redis_auth_secret_arn) if settings.redis_auth_secret_arn else None
+    auth = {"credential_provider": SecretsManagerPassword(settings.redis_auth_secret_arn)}
     if role == "api":
         retry = Retry(ExponentialWithJitterBackoff(base=0.02, cap=0.2), retries=1)
         timeouts = {"socket_connect_timeout": 1.0, "socket_timeout": 2.0}
@@ -139,12 +159,12 @@ def connect(settings: Settings, role: Role) -> redis.Redis:
         timeouts = {"socket_connect_timeout": 2.0, "socket_timeout": settings.block_s + 3.0}
     return redis.Redis.from_url(
         settings.redis_url,
-        password=password,
         decode_responses=True,
         retry=retry,
         retry_on_error=list(RECONNECT_ERRORS),
         health_check_interval=30,
         client_name=f"offload-{role}",
         connection_class=connection_class(settings.redis_url),
+        **(auth if settings.redis_auth_secret_arn else {}),
         **timeouts,
     )

@@ -81,6 +81,16 @@ class QueueKeys:
         """Hash: tenant -> number of its slices dispatched and not yet called back."""
         return f"{self.base}:inflight"
 
+    @property
+    def metrics_leader(self) -> str:
+        """String (with a TTL): the worker that publishes this queue's gauges this interval."""
+        return f"{self.base}:metrics-leader"
+
+    @property
+    def published(self) -> str:
+        """Hash: the ``counts`` values last published as metrics, so each growth counts once."""
+        return f"{self.base}:published"
+
     def processing(self, worker_id: str) -> str:
         """List of job ids a worker holds; the worker's lease in ``workers`` guards it."""
         return f"{self.base}:processing:{worker_id}"

@@ -11,6 +11,7 @@ import os
 import secrets
 import threading
 import time
+from typing import Any
 
 from aws_lambda_powertools.metrics import Metrics, MetricUnit, single_metric
 
@@ -129,3 +130,54 @@ def child_header(header: str, parent_id: str = "") -> str:
         return ""
     parent = parent_id or secrets.token_hex(8)
     return f"Root={fields['Root']};Parent={parent};Sampled={fields.get('Sampled', '1')}"
+
+
+# -- a queue's gauges, published by one worker at a time ---------------------------------
+
+# counts-hash field -> the metric its growth is published as
+COUNTER_METRICS = {
+    "accepted": JOBS_ACCEPTED,
+    "succeeded": JOBS_SUCCEEDED,
+    "retried": JOBS_RETRIED,
+    "dead": JOBS_DEAD_LETTERED,
+    "replayed": JOBS_REPLAYED,
+    "slices_succeeded": SLICES_SUCCEEDED,
+    "slices_failed": SLICES_FAILED,
+}
+
+
+class QueueGauges:
+    """The queue's backlog gauges and the growth of its lifetime counters.
+
+    The counters live in Redis (the scripts keep them), so the master and the callback
+    need not emit a metric per request; whichever worker holds the short publishing lease
+    reads them, and the values last published are kept in Redis too, so a change of
+    publisher counts nothing twice.
+    """
+
+    def __init__(self, queue: Any, metrics: SharedMetrics, worker_id: str, interval_s: float) -> None:
+        self.queue = queue
+        self.metrics = metrics
+        self.worker_id = worker_id
+        self.interval_ms = int(interval_s * 1000)
+
+    def publish(self) -> bool:
+        keys, client = self.queue.keys, self.queue.client
+        mine = client.set(keys.metrics_leader, self.worker_id, nx=True, px=self.interval_ms)
+        if not mine:
+            return False
+        stats = self.queue.stats()
+        previous = {k: int(v) for k, v in client.hgetall(keys.published).items()}
+        current = {name: stats.counts.get(name, 0) for name in COUNTER_METRICS}
+        client.hset(keys.published, mapping=current)
+        for name, metric in COUNTER_METRICS.items():
+            grown = current[name] - previous.get(name, current[name] if not previous else 0)
+            if grown > 0:
+                self.metrics.count(metric, grown)
+        backlog = stats.depth + stats.slices_ready
+        self.metrics.gauge(QUEUE_DEPTH, stats.depth)
+        self.metrics.gauge(DEAD_LETTER_DEPTH, stats.dead)
+        self.metrics.gauge(SLICES_IN_FLIGHT, sum(stats.slices_in_flight.values()))
+        self.metrics.gauge(BACKLOG_PER_WORKER, backlog / max(1, stats.workers_alive))
+        self.metrics.gauge(OLDEST_QUEUED_AGE, stats.oldest_queued_age_s or 0.0, MetricUnit.Seconds)
+        return True

@@ -106,6 +106,7 @@ local function fail_slice(base, counts, id, n, attempt, reason, retryable, now, 
   local jobkey = base .. ':job:' .. id
   local slices = base .. ':slices:' .. id
   local failures = redis.call('HINCRBY', slices, n .. ':f', 1)
+  redis.call('HINCRBY', counts, 'slices_failed', 1)
   local max_tries = tonumber(redis.call('HGET', jobkey, 'max_tries') or '1')
   add_history(jobkey, cjson.encode({slice = tonumber(n), attempt = tonumber(attempt),
                                     error = reason, at_ms = tonumber(now)}))
@@ -372,6 +373,7 @@ if ARGV[5] == 'failed' then
   return answer(verdict, verdict == 'dead' and 'dead' or 'waiting')
 end
 redis.call('HSET', slices, n .. ':st', 'succeeded', n .. ':out', ARGV[6])
+redis.call('HINCRBY', KEYS[1], 'slices_succeeded', 1)
 local done = redis.call('HINCRBY', jobkey, 'slices_succeeded', 1)
 redis.call('HSET', jobkey, 'updated_ms', now)
 local total = tonumber(redis.call('HGET', jobkey, 'slices_total'))

@@ -33,6 +33,7 @@ from aws_lambda_powertools.logging import Logger
 from pydantic import ValidationError
 
 from offload import connection, scripts
+from offload import observability as obs
 from offload.config import Settings
 from offload.dispatch import Dispatcher, DispatchResult
 from offload.errors import QueueUnavailable, SliceFailed, UnknownJobType
@@ -98,7 +99,7 @@ class Worker:
 
         # What this worker has in hand (the main loop's state; see the module docstring).
         self._batch: list[TakenJob] = []  # taken, not yet run; the head may be running now
-        self._acks: list[tuple[str, ScriptCall]] = []  # (job id, finish/fail call) not yet sent
+        self._acks: list[tuple[TakenJob, ScriptCall]] = []  # (job, finish/fail call) not yet sent
         self._acks_since = 0.0
         self._slices_out: list[str] = []  # slice refs handed to the compute function, not yet released
         self._slice_failures: list[DispatchResult] = []  # dispatch failures not yet recorded
@@ -114,6 +115,8 @@ class Worker:
         # leases before theirs count as run out.
         self._reap_after = 0.0
         self._outage = False
+        self.metrics = obs.SharedMetrics(settings, flush_every_s=settings.metrics_interval_s)
+        self.gauges = obs.QueueGauges(queue, self.metrics, self.worker_id, settings.metrics_interval_s)
 
     # -- life cycle ----------------------------------------------------------------------
 
@@ -197,6 +200,11 @@ class Worker:
             )
             self._acked(results)
             self._batch = jobs
+            if jobs:
+                self.metrics.count(obs.JOBS_TAKEN, len(jobs))
+                for job in jobs:
+                    logger.info("job taken", extra={"job_id": job.job_id, "job_type": job.type,
+                                                    "tenant": job.tenant, "attempt": job.attempt})  # fmt: skip
             if not jobs and self.settings.block_s <= 0:
                 self.stopping.wait(_IDLE_WAIT_S)
         self._run_batch()
@@ -219,6 +227,7 @@ class Worker:
             self._heartbeat_stop.set()
             if self.dispatcher:
                 self.dispatcher.close()
+            self.metrics.flush(force=True)
             logger.info("worker stopped", extra={"processed": self.processed})
 
     # -- jobs ----------------------------------------------------------------------------
@@ -242,7 +251,7 @@ class Worker:
             if ack is not None:
                 if not self._acks:
                     self._acks_since = started
-                self._acks.append((job.job_id, ack))
+                self._acks.append((job, ack))
             if self._acks and time.monotonic() - self._acks_since >= _ACK_MAX_DELAY_S:
                 self._flush_acks()
 
@@ -306,11 +315,16 @@ class Worker:
             self._acked(results)
 
     def _acked(self, results: Sequence[Any]) -> None:
-        for (job_id, _), result in zip(self._acks, results, strict=False):
+        for (job, _), result in zip(self._acks, results, strict=False):
+            keys = {"job_id": job.job_id, "job_type": job.type, "tenant": job.tenant, "attempt": job.attempt}
             if result == "lost":
                 # applied by an earlier send whose reply was lost, or our lease ran out and the
                 # reaper gave the job to another worker: either way this result changes nothing
-                logger.info("result not applied: the job was no longer held by this worker", extra={"job_id": job_id})
+                logger.info("result not applied: the job was no longer held by this worker", extra=keys)
+            elif result == "succeeded":
+                logger.info("job succeeded", extra=keys)
+                if job.created_ms:
+                    self.metrics.milliseconds(obs.JOB_LATENCY, time.time() * 1000 - job.created_ms)
         self._acks = []
 
     def _requeue_batch(self) -> None:
@@ -349,6 +363,7 @@ class Worker:
             }
             if outcome.error is None:
                 logger.info("slice dispatched", extra=keys)
+                self.metrics.count(obs.SLICES_DISPATCHED)
             else:
                 logger.warning("slice dispatch failed", extra={**keys, "error": outcome.error.reason})
                 self._slice_failures.append(outcome)
@@ -396,7 +411,7 @@ class Worker:
         if gone:
             logger.warning("jobs in hand were given to another worker; dropping them", extra={"job_ids": gone})
             self._batch = [job for job in self._batch if job.job_id in present]
-        known = {job.job_id for job in self._batch} | {job_id for job_id, _ in self._acks}
+        known = {job.job_id for job in self._batch} | {job.job_id for job, _ in self._acks}
         known |= set(self._slices_out) | {outcome.slice.ref for outcome in self._slice_failures}
         strays = [item for item in dict.fromkeys(listed) if item not in known]
         for item in strays:
@@ -453,6 +468,7 @@ class Worker:
 
     def _heartbeat_loop(self) -> None:
         next_reap = 0.0
+        next_publish = 0.0
         next_sweep = time.monotonic() + _ORPHAN_SWEEP_S
         while not self._heartbeat_stop.wait(self.settings.heartbeat_s):
             try:
@@ -468,6 +484,11 @@ class Worker:
                 if now >= next_reap and now >= self._reap_after:
                     next_reap = now + self.settings.reaper_interval_s
                     self._reap()
+                if now >= next_publish:
+                    next_publish = now + self.settings.metrics_interval_s
+                    self.metrics.count(obs.WORKER_HEARTBEAT)
+                    self.gauges.publish()
+                self.metrics.flush()
             except _TRANSIENT as e:
                 self._outage = True
                 logger.warning("heartbeat failed; Redis unavailable", extra={"reason": str(e)})

@@ -134,12 +134,8 @@ def _record(applied: Outcome, error: str | None) -> None:
     if verdict in (OutcomeVerdict.STALE, OutcomeVerdict.DUPLICATE, OutcomeVerdict.INACTIVE):
         logger.info("callback ignored", extra={"verdict": verdict})
         return
-    if verdict in (OutcomeVerdict.APPLIED, OutcomeVerdict.COMPLETED):
-        obs.count(METRICS, obs.SLICES_SUCCEEDED)
-    elif verdict in (OutcomeVerdict.RETRYING, OutcomeVerdict.DEAD):
-        obs.count(METRICS, obs.SLICES_FAILED)
+    # job and slice counts are published from the queue's counters (observability.QueueGauges)
     if verdict == OutcomeVerdict.COMPLETED:
-        obs.count(METRICS, obs.JOBS_SUCCEEDED)
         if applied.created_ms:
             obs.milliseconds(METRICS, obs.JOB_LATENCY, time.time() * 1000 - applied.created_ms)
         logger.info("slice succeeded; job succeeded")
@@ -148,5 +144,4 @@ def _record(applied: Outcome, error: str | None) -> None:
     elif verdict == OutcomeVerdict.RETRYING:
         logger.info("slice failed; retrying", extra={"error": error})
     elif verdict == OutcomeVerdict.DEAD:
-        obs.count(METRICS, obs.JOBS_DEAD_LETTERED)
         logger.info("slice failed; job dead-lettered", extra={"error": error})

@@ -119,8 +119,6 @@ def submit(request: Request) -> dict[str, Any]:
             f"Idempotency-Key {idempotency_key!r} was used for a different request (job {result.job_id})",
         )
 
-    if result.verdict == EnqueueVerdict.ACCEPTED:
-        obs.count(METRICS, obs.JOBS_ACCEPTED)
     location = f"/jobs/{result.job_id}"
     headers = {"Location": location}
     if result.verdict == EnqueueVerdict.DUPLICATE:

@@ -13,6 +13,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 
 from offload.errors import ConfigError
 
@@ -96,7 +98,8 @@ def start_redis(port: int | None = None, *, extra_args: tuple[str, ...] = ()) ->
         process = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
     server = RedisServer(port, process, workdir)
     deadline = time.monotonic() + 10
-    client = redis.Redis(host="127.0.0.1", port=port, socket_connect_timeout=0.2)
+    # no retries of its own: this loop is the retry, and redis-py 8 would back off for seconds
+    client = redis.Redis(host="127.0.0.1", port=port, socket_connect_timeout=0.2, retry=Retry(NoBackoff(), 0))
     while True:
         try:
             client.ping()

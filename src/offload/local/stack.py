@@ -124,6 +124,8 @@ class LocalStack:
             self.worker.stop()
         if self._worker_thread is not None:
             self._worker_thread.join(timeout=10)
+        if self.worker is not None:
+            self.worker.queue.client.close()
         if self.lambda_service is not None:
             self.lambda_service.close()
         if self.gateway is not None:
