@@ -218,3 +218,14 @@ def test_every_way_a_dispatch_ends_frees_its_in_flight_slot(make_queue: object) 
     assert report.slices_timed_out + report.slices_recovered >= 2
     assert queue.stats().slices_in_flight == {}
     assert queue.stats().balanced
+
+
+def test_the_backlog_limit_and_what_was_shed_are_in_the_stats(limited: Queue, master: ModuleType) -> None:
+    from offload.operations import stats_row
+
+    for _ in range(7):
+        submit(master, ECHO)
+
+    row = stats_row(limited.stats())
+
+    assert row["depth"] == 5 and row["backlog_limit"] == 5 and row["shed"] == 2

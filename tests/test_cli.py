@@ -302,9 +302,20 @@ def test_stats_prints_a_row_per_queue(offload: Run, make_queue: Callable[..., Qu
 
     header, first, second, *_ = out.splitlines()
     assert code == 0
-    assert header.split() == ["queue", "depth", "in", "flight", "retrying", "dead", "workers", "oldest"]
-    assert first.split()[:6] == ["default", "1", "0", "0", "0", "0"]
-    assert second.split()[:6] == ["bulk", "1", "0", "0", "1", "1"]  # w1 took a job there: alive
+    assert header.split() == [
+        "queue",
+        "depth",
+        "limit",
+        "shed",
+        "in",
+        "flight",
+        "retrying",
+        "dead",
+        "workers",
+        "oldest",
+    ]
+    assert first.split()[:8] == ["default", "1", "-", "0", "0", "0", "0", "0"]
+    assert second.split()[:8] == ["bulk", "1", "-", "0", "0", "0", "1", "1"]  # w1 took a job there: alive
 
 
 def test_stats_json_is_the_queue_or_a_list_of_queues(offload: Run, make_queue: Callable[..., Queue]) -> None:
@@ -314,6 +325,7 @@ def test_stats_json_is_the_queue_or_a_list_of_queues(offload: Run, make_queue: C
     _, several = offload.json("stats", "--queue", "bulk", "--queue", "default")
 
     assert one["queue"] == "default" and one["depth"] == 0 and one["balanced"]
+    assert one["backlog_limit"] is None and one["shed"] == 0 and one["slices_in_flight"] == {}
     assert [(q["queue"], q["depth"]) for q in several] == [("bulk", 1), ("default", 0)]
     assert several[0]["oldest_queued_age_s"] >= 0 and several[1]["oldest_queued_age_s"] is None
 

@@ -558,7 +558,10 @@ def cmd_stats(args: argparse.Namespace) -> int:
     settings = _settings()
     names = args.queues or [settings.queue]
     rows = [operations.stats_row(q.stats()) for q in operations.queues(_client(settings), settings, names)]
-    header = f"{'queue':<16} {'depth':>7} {'in flight':>9} {'retrying':>8} {'dead':>6} {'workers':>7} {'oldest':>9}"
+    header = (
+        f"{'queue':<16} {'depth':>7} {'limit':>7} {'shed':>6} {'in flight':>9} {'retrying':>8} {'dead':>6} "
+        f"{'workers':>7} {'oldest':>9}"
+    )
     lines = [header] + [_stats_line(row) for row in rows]
     for row in rows:
         counts = "  ".join(f"{k}={v}" for k, v in sorted(row["counts"].items()))
@@ -573,9 +576,10 @@ def cmd_stats(args: argparse.Namespace) -> int:
 def _stats_line(row: dict[str, Any]) -> str:
     age = row["oldest_queued_age_s"]
     oldest = f"{age:.1f} s" if age is not None else "-"
+    limit = row["backlog_limit"] or "-"
     return (
-        f"{row['queue']:<16} {row['depth']:>7} {row['in_flight']:>9} {row['retrying']:>8} {row['dead']:>6} "
-        f"{row['workers_alive']:>7} {oldest:>9}"
+        f"{row['queue']:<16} {row['depth']:>7} {limit:>7} {row['shed']:>6} {row['in_flight']:>9} {row['retrying']:>8} "
+        f"{row['dead']:>6} {row['workers_alive']:>7} {oldest:>9}"
     )
 
 

@@ -37,6 +37,7 @@ OLDEST_QUEUED_AGE = "OldestQueuedAgeSeconds"
 DEAD_LETTER_DEPTH = "DeadLetterDepth"
 BACKLOG_PER_WORKER = "BacklogPerWorker"
 SLICES_IN_FLIGHT = "SlicesInFlight"
+BACKLOG_LIMIT = "BacklogLimit"
 # Timings
 JOB_LATENCY = "JobLatencyMs"
 SLICE_DURATION = "SliceDurationMs"
@@ -141,6 +142,7 @@ COUNTER_METRICS = {
     "retried": JOBS_RETRIED,
     "dead": JOBS_DEAD_LETTERED,
     "replayed": JOBS_REPLAYED,
+    "shed": "JobsShed",
     "slices_succeeded": SLICES_SUCCEEDED,
     "slices_failed": SLICES_FAILED,
 }
@@ -176,6 +178,8 @@ class QueueGauges:
                 self.metrics.count(metric, grown)
         backlog = stats.depth + stats.slices_ready
         self.metrics.gauge(QUEUE_DEPTH, stats.depth)
+        if stats.max_backlog:
+            self.metrics.gauge(BACKLOG_LIMIT, stats.max_backlog)
         self.metrics.gauge(DEAD_LETTER_DEPTH, stats.dead)
         self.metrics.gauge(SLICES_IN_FLIGHT, sum(stats.slices_in_flight.values()))
         self.metrics.gauge(BACKLOG_PER_WORKER, backlog / max(1, stats.workers_alive))

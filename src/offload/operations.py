@@ -206,7 +206,10 @@ def stats_row(stats: QueueStats) -> dict[str, Any]:
     return {
         "queue": stats.queue,
         "depth": stats.depth,
+        "backlog_limit": stats.max_backlog or None,
+        "shed": stats.counts.get("shed", 0),
         "in_flight": stats.in_flight,
+        "slices_in_flight": stats.slices_in_flight,
         "retrying": stats.delayed,
         "dead": stats.dead,
         "slices_ready": stats.slices_ready,

@@ -107,6 +107,7 @@ class QueueStats:
     oldest_queued_age_s: float | None
     counts: dict[str, int]
     slices_in_flight: dict[str, int]  # per tenant
+    max_backlog: int = 0  # the depth past which the master sheds (0: no limit)
 
     @property
     def in_flight(self) -> int:
@@ -450,6 +451,7 @@ class Queue:
             oldest_queued_age_s=(at - min(created)) / 1000 if created else None,
             counts={k: int(v) for k, v in counts.items()},
             slices_in_flight={k: int(v) for k, v in inflight.items()},
+            max_backlog=self.settings.max_backlog,
         )
 
 
