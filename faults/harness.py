@@ -34,6 +34,7 @@ from offload import tokens
 from offload.config import Settings
 from offload.connection import connect
 from offload.jobs import ACTIVE_STATUSES
+from offload.local.events import proxy_event
 from offload.local.redis_server import RedisServer, free_port, start_redis
 from offload.queue import Queue
 from offload.registry import SliceContext
@@ -221,22 +222,9 @@ def serving(queue: Queue) -> Iterator[None]:
 
 def api_event(method: str, path: str, body: Any, headers: dict[str, str] | None = None) -> dict[str, Any]:
     """An API Gateway REST proxy event, as the deployed API sends it."""
-    parts = path.strip("/").split("/")
-    resource, params = "/" + parts[0], None
-    if len(parts) == 2:
-        resource, params = f"/{parts[0]}/{{job_id}}", {"job_id": parts[1]}
-    hdrs = {"Content-Type": "application/json", **(headers or {})}
-    return {
-        "resource": resource,
-        "path": path,
-        "httpMethod": method,
-        "headers": hdrs,
-        "multiValueHeaders": {k: [v] for k, v in hdrs.items()},
-        "pathParameters": params,
-        "requestContext": {"requestId": "faults", "identity": {"userArn": "arn:aws:iam::123456789012:user/faults"}},
-        "body": json.dumps(body),
-        "isBase64Encoded": False,
-    }
+    return proxy_event(
+        method, path, body, headers=headers, caller_arn="arn:aws:iam::123456789012:user/faults", request_id="faults"
+    )
 
 
 @dataclass

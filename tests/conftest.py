@@ -17,6 +17,7 @@ import redis
 from offload import config
 from offload.config import Settings
 from offload.connection import connect
+from offload.local.events import proxy_event
 from offload.local.redis_server import RedisServer, start_redis
 from offload.queue import Queue
 
@@ -147,22 +148,7 @@ def api_event(
     raw_body: str | None = None,
 ) -> dict[str, Any]:
     """An API Gateway REST proxy event, as the deployed API would send it."""
-    parts = path.strip("/").split("/")
-    resource, params = "/" + parts[0], None
-    if len(parts) == 2:
-        resource, params = f"/{parts[0]}/{{job_id}}", {"job_id": parts[1]}
-    hdrs = {"Content-Type": "application/json", **(headers or {})}
-    return {
-        "resource": resource,
-        "path": path,
-        "httpMethod": method,
-        "headers": hdrs,
-        "multiValueHeaders": {k: [v] for k, v in hdrs.items()},
-        "pathParameters": params,
-        "requestContext": {"requestId": "req-1", "identity": {"userArn": tenant}},
-        "body": raw_body if raw_body is not None else (json.dumps(body) if body is not None else None),
-        "isBase64Encoded": False,
-    }
+    return proxy_event(method, path, body, headers=headers, caller_arn=tenant, raw_body=raw_body)
 
 
 def body_of(response: dict[str, Any]) -> Any:
