@@ -681,3 +681,15 @@ def test_submit_signs_requests_to_the_deployed_api_but_not_to_the_local_stack() 
     assert signed["Authorization"].startswith("AWS4-HMAC-SHA256 Credential=testing/")
     assert "/eu-west-1/execute-api/aws4_request" in signed["Authorization"]
     assert cli._sigv4("POST", "http://127.0.0.1:8787/jobs", b"{}") == {}
+
+
+def test_operator_commands_refuse_to_guess_which_redis_to_use() -> None:
+    import os
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if k != "REDIS_URL"}
+
+    done = subprocess.run([sys.executable, "-m", "offload.cli", "stats"], env=env, capture_output=True, text=True)
+
+    assert done.returncode == 1 and "set REDIS_URL" in done.stderr

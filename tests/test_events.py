@@ -110,3 +110,23 @@ def test_on_failure_record_event(callback: ModuleType, queue: Queue) -> None:
 
     assert answer == {"verdict": "retrying", "job_status": "waiting"}
     assert "Task timed out" in queue.get(EVENTS_JOB_ID).history[-1]["error"]  # type: ignore[union-attr]
+
+
+def test_the_local_gateway_reads_a_chunked_body(gateway: Gateway) -> None:
+    import http.client
+    import urllib.parse
+
+    url = urllib.parse.urlsplit(gateway.url)
+    body = json.dumps({"type": "echo", "payload": {"chunked": True}}).encode()
+    connection = http.client.HTTPConnection(url.hostname, url.port, timeout=10)
+    connection.putrequest("POST", "/jobs")
+    connection.putheader("Content-Type", "application/json")
+    connection.putheader("Transfer-Encoding", "chunked")
+    connection.endheaders()
+    for part in (body[:10], body[10:]):
+        connection.send(f"{len(part):x}\r\n".encode() + part + b"\r\n")
+    connection.send(b"0\r\n\r\n")
+    response = connection.getresponse()
+
+    assert response.status == 202 and json.loads(response.read())["status"] == "queued"
+    connection.close()

@@ -132,7 +132,7 @@ def test_replay_requeues_a_dead_job_with_its_id_and_history(queue: Queue, r: red
     assert queue.replay(job_id)
 
     record = queue.get(job_id)
-    assert record is not None and record.status == Status.QUEUED
+    assert record is not None and record.status == Status.QUEUED and record.error is None
     assert [h.get("error") or h.get("event") for h in record.history] == ["bad", "replayed"]
     assert r.lrange(queue.keys.queued, 0, -1) == [job_id] and r.llen(queue.keys.dead) == 0
     assert r.ttl(queue.keys.job(job_id)) == -1

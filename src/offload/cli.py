@@ -198,6 +198,9 @@ def _read_json(source: str) -> Any:
 
 
 def _settings(queue: str | None = None) -> config.Settings:
+    if not os.environ.get("REDIS_URL"):
+        # never fall back to whatever Redis happens to listen on this machine's default port
+        raise OffloadError("set REDIS_URL to the queue's Redis (offload local up prints the local one)")
     settings = config.settings()
     return dataclasses.replace(settings, queue=queue) if queue else settings
 
@@ -447,14 +450,16 @@ def cmd_submit(args: argparse.Namespace) -> int:
     job = _read_json(args.file)
     headers = {"Idempotency-Key": args.idempotency_key} if args.idempotency_key else {}
     api = args.api.rstrip("/")
-    status, body, _ = _http("POST", f"{api}/jobs", job, headers)
+    status, body, answer_headers = _http("POST", f"{api}/jobs", job, headers)
     if status != 202:
         _print(args, {"status": status, **body}, f"refused ({status}): {body.get('message')}")
         for detail in body.get("details") or []:
             print(f"  {detail['path']}: {detail['message']}", file=sys.stderr)
         return 1
+    replayed = (answer_headers.get("Idempotent-Replayed") or "") == "true"
     if not args.wait:
-        _print(args, body, f"accepted: job {body['job_id']} ({api}{body['location']})")
+        what = "the original job, for this Idempotency-Key" if replayed else "accepted"
+        _print(args, body, f"{what}: job {body['job_id']} ({api}{body['location']})")
         return 0
     view = _poll(f"{api}{body['location']}", 3600)
     _print(args, view, f"job {view['job_id']}: {view['status']}" + (f" ({view['error']})" if view["error"] else ""))
@@ -468,6 +473,9 @@ def cmd_status(args: argparse.Namespace) -> int:
     view = JobView.of(job).model_dump(mode="json") | {"tenant": job.tenant}
     lines = [f"{k:<12} {v}" for k, v in view.items() if k not in ("result", "history")]
     lines += [f"history      {json.dumps(h)}" for h in view["history"]]
+    if view["result"] is not None:
+        result = json.dumps(view["result"])
+        lines.append(f"result       {result if len(result) <= 2000 else result[:2000] + ' … (--json for all)'}")
     _print(args, view, "\n".join(lines))
     return 0
 

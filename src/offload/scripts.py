@@ -229,6 +229,7 @@ local base, id, now = ARGV[1], ARGV[2], ARGV[4]
 if redis.call('LREM', KEYS[1], 1, id) == 0 then return 'lost' end
 local jobkey = base .. ':job:' .. id
 redis.call('HSET', jobkey, 'status', 'succeeded', 'result', ARGV[3], 'finished_ms', now, 'updated_ms', now)
+redis.call('HDEL', jobkey, 'error')  -- earlier attempts' reasons stay in the history
 bump(KEYS[2], 'running', 'succeeded')
 expire_job(base, id, ARGV[5])
 return 'succeeded'
@@ -382,6 +383,7 @@ local outs = {}
 for i = 0, total - 1 do outs[#outs + 1] = redis.call('HGET', slices, i .. ':out') end
 redis.call('HSET', jobkey, 'status', 'succeeded', 'result', '[' .. table.concat(outs, ',') .. ']',
            'finished_ms', now)
+redis.call('HDEL', jobkey, 'error')
 bump(KEYS[1], 'waiting', 'succeeded')
 expire_job(base, id, ARGV[10])
 return answer('completed', 'succeeded')
@@ -398,7 +400,7 @@ if redis.call('HGET', jobkey, 'status') ~= 'dead' then return 'not-dead' end
 redis.call('PERSIST', jobkey)
 redis.call('PERSIST', base .. ':slices:' .. id)
 redis.call('HSET', jobkey, 'status', 'queued', 'failures', 0, 'stalls', 0, 'updated_ms', ARGV[3])
-redis.call('HDEL', jobkey, 'finished_ms', 'result')
+redis.call('HDEL', jobkey, 'finished_ms', 'result', 'error')
 add_history(jobkey, cjson.encode({event = 'replayed', at_ms = tonumber(ARGV[3])}))
 push_job(base, id, false)
 bump(KEYS[2], 'dead', 'queued')

@@ -137,6 +137,12 @@ class Gateway:
 
     def _serve(self, http: BaseHTTPRequestHandler) -> None:
         path, _, query = http.path.partition("?")
+        if "chunked" in (http.headers.get("Transfer-Encoding") or "").lower():
+            chunked = _read_chunked(http, MAX_PAYLOAD_BYTES)
+            if chunked is None:
+                http.close_connection = True
+                return self._send(http, 413, "request_too_large", "Request Too Long")
+            return self._route(http, path, query, chunked)
         length_text = http.headers.get("Content-Length") or "0"
         if not length_text.isdigit() or not length_text.isascii():
             http.close_connection = True
@@ -146,7 +152,9 @@ class Gateway:
             http.close_connection = True
             return self._send(http, 413, "request_too_large", "Request Too Long")
         body = http.rfile.read(length) if length else b""
+        return self._route(http, path, query, body)
 
+    def _route(self, http: BaseHTTPRequestHandler, path: str, query: str, body: bytes) -> None:
         if path == "/openapi.json" and http.command == "GET" and "openapi" in self.handlers:
             return self._reply(http, self.handlers["openapi"]({}, None))
         for route in ROUTES:
@@ -237,3 +245,22 @@ class Gateway:
     def _send(self, http: BaseHTTPRequestHandler, status: int, error: str, message: str) -> None:
         body = json.dumps({"error": error, "message": message})
         self._reply(http, {"statusCode": status, "headers": {"Content-Type": "application/json"}, "body": body})
+
+
+def _read_chunked(http: BaseHTTPRequestHandler, limit: int) -> bytes | None:
+    """A ``Transfer-Encoding: chunked`` body, or None past ``limit`` bytes (or when malformed)."""
+    body = bytearray()
+    while True:
+        size_line = http.rfile.readline(1024).split(b";")[0].strip()
+        try:
+            size = int(size_line, 16)
+        except ValueError:
+            return None
+        if size == 0:
+            while http.rfile.readline(1024).strip():  # trailers, then the blank line
+                pass
+            return bytes(body)
+        if len(body) + size > limit:
+            return None
+        body += http.rfile.read(size)
+        http.rfile.readline(8)  # the CRLF after each chunk
