@@ -215,5 +215,6 @@ def test_a_worker_started_while_redis_is_down_starts_once_it_is_up(queue: Queue)
     finally:
         worker.stop()
         thread.join(timeout=15)
+        worker.queue.client.close()
         server.stop()
     assert not thread.is_alive()

@@ -152,6 +152,25 @@ def trace_root(header: str) -> str:
     return trace_fields(header).get("Root", "")
 
 
+def compact_trace(header: str) -> str:
+    """The header as a job stores it: ``<root> <parent> <sampled>`` (every byte of a queued job
+    counts: docs/benchmarks.md, memory). Other fields (``Lineage``) do not travel further."""
+    fields = trace_fields(header)
+    if "Root" not in fields:
+        return ""
+    return " ".join((fields["Root"], fields.get("Parent", ""), fields.get("Sampled", ""))).rstrip()
+
+
+def expand_trace(stored: str) -> str:
+    """The X-Ray header again, from what ``compact_trace`` stored."""
+    if not stored or "=" in stored:
+        return stored
+    root, parent, sampled = [*stored.split(" "), "", ""][:3]
+    return ";".join(
+        [f"Root={root}"] + ([f"Parent={parent}"] if parent else []) + ([f"Sampled={sampled}"] if sampled else [])
+    )
+
+
 def child_header(header: str, parent_id: str = "") -> str:
     """The header a downstream call carries: same root and sampling, a new parent span."""
     fields = trace_fields(header)

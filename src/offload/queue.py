@@ -19,6 +19,7 @@ from offload.connection import RECONNECT_ERRORS
 from offload.errors import QueueUnavailable
 from offload.jobs import JobRecord, Status, TakenJob, TakenSlice
 from offload.keys import WAKE_MARKER, QueueKeys
+from offload.observability import compact_trace, expand_trace
 
 
 def now_ms() -> int:
@@ -150,8 +151,8 @@ class Queue:
             "created_ms",
             now_ms(),
         ]
-        if job.trace:
-            fields += ["trace", job.trace]
+        if trace := compact_trace(job.trace):
+            fields += ["trace", trace]
         if job.priority == "interactive":
             fields += ["priority", "interactive"]
         idem_key = self.keys.idempotency(job.tenant, idempotency_key) if idempotency_key else self.keys.base
@@ -304,7 +305,15 @@ class Queue:
                 ),
             )
         return [
-            TakenSlice(job_id=r[0], slice=int(r[1]), attempt=int(r[2]), input=r[3], type=r[4], tenant=r[5], trace=r[6])
+            TakenSlice(
+                job_id=r[0],
+                slice=int(r[1]),
+                attempt=int(r[2]),
+                input=r[3],
+                type=r[4],
+                tenant=r[5],
+                trace=expand_trace(r[6]),
+            )
             for r in rows
         ]
 
@@ -464,6 +473,6 @@ def _taken_job(row: Sequence[str]) -> TakenJob:
         attempt=int(row[4]),
         max_tries=int(row[5]),
         failures=int(row[6]),
-        trace=row[7],
+        trace=expand_trace(row[7]),
         created_ms=int(row[8] or 0),
     )

@@ -225,6 +225,9 @@ class Worker:
             logger.warning("could not flush on shutdown; the reaper will recover", extra={"reason": str(e)})
         finally:
             self._heartbeat_stop.set()
+            if self._heartbeat.is_alive():
+                # a heartbeat in progress finishes first, so nothing touches Redis after run()
+                self._heartbeat.join(timeout=self.settings.heartbeat_s + 5)
             if self.dispatcher:
                 self.dispatcher.close()
             self.metrics.flush(force=True)
