@@ -40,9 +40,9 @@ from offload.handlers.thumbnail_compute import make_thumbnails
 from offload.http import MAX_JSON_DEPTH, caller_tenant, parse_event
 from offload.local.gateway import Gateway
 from offload.local.redis_server import free_port, start_redis
-from offload.models import SliceInvocation
 from offload.queue import NewJob, Queue
 from offload.registry import SliceContext
+from offload.slice_models import SliceInvocation
 from tests.conftest import EVENTS_SECRET, SAMPLES, api_event, body_of
 
 ECHO = {"type": "echo", "payload": {"hello": "world"}}

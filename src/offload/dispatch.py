@@ -16,7 +16,7 @@ from offload import tokens
 from offload.config import Settings
 from offload.errors import DispatchFailed
 from offload.jobs import TakenSlice
-from offload.models import SliceInvocation
+from offload.slice_models import SliceInvocation
 from offload.worker_tracing import HeaderOnly, SpanFactory
 
 log = logging.getLogger(__name__)

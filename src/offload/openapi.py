@@ -14,7 +14,8 @@ from typing import Any
 from pydantic import BaseModel
 
 from offload.handlers import registry
-from offload.models import CallbackAnswer, ErrorBody, JobAccepted, JobRequest, JobView, SliceOutcome
+from offload.models import ErrorBody, JobAccepted, JobRequest, JobView
+from offload.slice_models import CallbackAnswer, SliceOutcome
 
 _REF_TEMPLATE = "#/components/schemas/{model}"
 JOB_ID_PATTERN = "^[0-9a-f]{32}$"

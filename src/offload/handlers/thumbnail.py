@@ -11,7 +11,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, WithJsonSchema, field_validator
 
-from offload.models import whole_number
+from offload.model_base import whole_number
 from offload.registry import Registry
 from offload.storage import ALLOWED_SCHEMES
 

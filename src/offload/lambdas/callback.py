@@ -20,9 +20,9 @@ from offload.config import settings
 from offload.connection import connect
 from offload.errors import CallbackRejected, QueueUnavailable
 from offload.http import HttpError, error_response, json_body, parse_event, respond
-from offload.models import LambdaFailureRecord, SliceInvocation, SliceOutcome
 from offload.queue import Outcome, OutcomeVerdict, Queue
 from offload.retries import backoff_ms
+from offload.slice_models import LambdaFailureRecord, SliceInvocation, SliceOutcome
 
 logger = Logger(service="offload-callback")
 # No Powertools Tracer, for the cold start: see the master function's note.

@@ -20,8 +20,8 @@ from offload import signing
 from offload.config import settings
 from offload.errors import SliceFailed, UnknownJobType
 from offload.handlers import registry
-from offload.models import SliceInvocation, SliceOutcome
 from offload.registry import SliceContext
+from offload.slice_models import SliceInvocation, SliceOutcome
 
 logger = Logger(service="offload-compute")
 tracer = Tracer(service="offload-compute", patch_modules=["botocore"])
