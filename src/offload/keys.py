@@ -100,7 +100,7 @@ class QueueKeys:
         return f"{self.base}:processing:"
 
     def job(self, job_id: str) -> str:
-        """Hash with the job record (see ``jobs.JOB_FIELDS``)."""
+        """Hash with the job record (fields: ``jobs.JobRecord.from_hash`` reads them all)."""
         return f"{self.base}:job:{job_id}"
 
     @property
@@ -110,10 +110,6 @@ class QueueKeys:
     def slices(self, job_id: str) -> str:
         """Hash of a fan-out job's slices: field ``<n>`` holds that slice's state as JSON."""
         return f"{self.base}:slices:{job_id}"
-
-    @property
-    def slices_prefix(self) -> str:
-        return f"{self.base}:slices:"
 
     def idempotency(self, tenant: str, key: str) -> str:
         """String: the job id a client's ``Idempotency-Key`` maps to, with the request digest.

@@ -73,10 +73,6 @@ class OutcomeVerdict(StrEnum):
     INACTIVE = "inactive"  # the job is no longer waiting for slices
     UNKNOWN = "unknown"  # no such job or slice
 
-    @property
-    def changed_state(self) -> bool:
-        return self in {OutcomeVerdict.APPLIED, OutcomeVerdict.COMPLETED, OutcomeVerdict.RETRYING, OutcomeVerdict.DEAD}
-
 
 class Outcome(NamedTuple):
     """What applying a slice outcome did, and what the job is now."""
@@ -180,11 +176,6 @@ class Queue:
         with redis_guard():
             h: dict[str, str] = self.client.hgetall(self.keys.job(job_id))  # type: ignore[assignment]
         return JobRecord.from_hash(job_id, h) if h else None
-
-    def slice_states(self, job_id: str) -> dict[int, str]:
-        with redis_guard():
-            h: dict[str, str] = self.client.hgetall(self.keys.slices(job_id))  # type: ignore[assignment]
-        return {int(k.split(":")[0]): v for k, v in h.items() if k.endswith(":st")}
 
     # -- worker: jobs --------------------------------------------------------------------
 
