@@ -124,6 +124,11 @@ class Queue:
         self.settings = settings
         self.keys = QueueKeys(settings.queue)
 
+    def _run(self, name: str, keys: Sequence[str], args: Sequence[Any]) -> Any:
+        """One script call (one round trip); a Redis outage comes out as QueueUnavailable."""
+        with redis_guard():
+            return scripts.run(self.client, scripts.call(name, keys, args))
+
     # -- master --------------------------------------------------------------------------
 
     def enqueue(
@@ -152,22 +157,18 @@ class Queue:
         if job.priority == "interactive":
             fields += ["priority", "interactive"]
         idem_key = self.keys.idempotency(job.tenant, idempotency_key) if idempotency_key else self.keys.base
-        with redis_guard():
-            verdict, value = scripts.run(
-                self.client,
-                scripts.call(
-                    "enqueue",
-                    [self.keys.job(job_id), self.keys.queued, self.keys.counts, idem_key, self.keys.queued_interactive],
-                    [
-                        job_id,
-                        self.settings.max_backlog,
-                        request_digest if idempotency_key else "",
-                        self.settings.idempotency_ttl_s,
-                        self.keys.base,
-                        *fields,
-                    ],
-                ),
-            )
+        verdict, value = self._run(
+            "enqueue",
+            [self.keys.job(job_id), self.keys.queued, self.keys.counts, idem_key, self.keys.queued_interactive],
+            [
+                job_id,
+                self.settings.max_backlog,
+                request_digest if idempotency_key else "",
+                self.settings.idempotency_ttl_s,
+                self.keys.base,
+                *fields,
+            ],
+        )
         if verdict == EnqueueVerdict.SHED:
             return EnqueueResult(EnqueueVerdict.SHED, "", int(value))
         return EnqueueResult(EnqueueVerdict(verdict), value)
@@ -223,6 +224,13 @@ class Queue:
                     rows = scripts.run(self.client, self.take_call(worker_id, max_jobs, str(moved)))
         return [_taken_job(row) for row in rows], ack_results
 
+    def start_moved(self, worker_id: str, job_id: str) -> list[TakenJob]:
+        """Start a job already in this worker's processing list (moved there by a BLMOVE whose
+        reply was lost); empty if it is not a job to run."""
+        with redis_guard():
+            rows = scripts.run(self.client, self.take_call(worker_id, 1, job_id))
+        return [_taken_job(row) for row in rows]
+
     def finish_call(self, worker_id: str, job_id: str, result_json: str) -> scripts.ScriptCall:
         return scripts.call(
             "finish",
@@ -251,50 +259,36 @@ class Queue:
         )
 
     def requeue(self, worker_id: str, job_id: str) -> str:
-        with redis_guard():
-            return str(
-                scripts.run(
-                    self.client,
-                    scripts.call(
-                        "requeue",
-                        [self.keys.processing(worker_id), self.keys.counts],
-                        [self.keys.base, job_id, now_ms()],
-                    ),
-                )
+        return str(
+            self._run(
+                "requeue", [self.keys.processing(worker_id), self.keys.counts], [self.keys.base, job_id, now_ms()]
             )
+        )
 
     def fan_out(self, worker_id: str, job_id: str, slice_inputs: Sequence[str]) -> str:
         """The job leaves the worker; its slices wait in the ready list for dispatch."""
-        with redis_guard():
-            return str(
-                scripts.run(
-                    self.client,
-                    scripts.call(
-                        "fan_out",
-                        [self.keys.processing(worker_id), self.keys.counts],
-                        [self.keys.base, job_id, now_ms(), *slice_inputs],
-                    ),
-                )
+        return str(
+            self._run(
+                "fan_out",
+                [self.keys.processing(worker_id), self.keys.counts],
+                [self.keys.base, job_id, now_ms(), *slice_inputs],
             )
+        )
 
     # -- worker: slices ------------------------------------------------------------------
 
     def take_slices(self, worker_id: str, max_slices: int) -> list[TakenSlice]:
-        with redis_guard():
-            rows = scripts.run(
-                self.client,
-                scripts.call(
-                    "take_slices",
-                    [self.keys.tenants, self.keys.processing(worker_id), self.keys.deadlines, self.keys.inflight],
-                    [
-                        self.keys.base,
-                        max_slices,
-                        now_ms(),
-                        int(self.settings.slice_timeout_s * 1000),
-                        self.settings.tenant_max_inflight,
-                    ],
-                ),
-            )
+        rows = self._run(
+            "take_slices",
+            [self.keys.tenants, self.keys.processing(worker_id), self.keys.deadlines, self.keys.inflight],
+            [
+                self.keys.base,
+                max_slices,
+                now_ms(),
+                int(self.settings.slice_timeout_s * 1000),
+                self.settings.tenant_max_inflight,
+            ],
+        )
         return [
             TakenSlice(
                 job_id=r[0],
@@ -310,8 +304,7 @@ class Queue:
 
     def release_slices(self, worker_id: str, refs: Sequence[str]) -> None:
         if refs:
-            with redis_guard():
-                scripts.run(self.client, scripts.call("release", [self.keys.processing(worker_id)], list(refs)))
+            self._run("release", [self.keys.processing(worker_id)], list(refs))
 
     # -- callback ------------------------------------------------------------------------
 
@@ -328,38 +321,30 @@ class Queue:
         backoff_ms: int = 0,
     ) -> Outcome:
         """Apply one slice outcome atomically; a repeat or an older attempt changes nothing."""
-        with redis_guard():
-            verdict, status, type_, tenant, created_ms = scripts.run(
-                self.client,
-                scripts.call(
-                    "apply_outcome",
-                    [self.keys.counts, self.keys.deadlines],
-                    [
-                        self.keys.base,
-                        job_id,
-                        slice_index,
-                        attempt,
-                        "succeeded" if succeeded else "failed",
-                        result_json if succeeded else reason,
-                        "1" if retryable else "0",
-                        now_ms(),
-                        backoff_ms,
-                        self.settings.finished_job_ttl_s,
-                        self.settings.dead_job_ttl_s,
-                    ],
-                ),
-            )
+        verdict, status, type_, tenant, created_ms = self._run(
+            "apply_outcome",
+            [self.keys.counts, self.keys.deadlines],
+            [
+                self.keys.base,
+                job_id,
+                slice_index,
+                attempt,
+                "succeeded" if succeeded else "failed",
+                result_json if succeeded else reason,
+                "1" if retryable else "0",
+                now_ms(),
+                backoff_ms,
+                self.settings.finished_job_ttl_s,
+                self.settings.dead_job_ttl_s,
+            ],
+        )
         return Outcome(OutcomeVerdict(verdict), status, type_, tenant, int(created_ms or 0))
 
     # -- recovery ------------------------------------------------------------------------
 
     def replay(self, job_id: str) -> bool:
         """Push a dead job back on its queue, keeping its id and history."""
-        with redis_guard():
-            answer = scripts.run(
-                self.client,
-                scripts.call("replay", [self.keys.dead, self.keys.counts], [self.keys.base, job_id, now_ms()]),
-            )
+        answer = self._run("replay", [self.keys.dead, self.keys.counts], [self.keys.base, job_id, now_ms()])
         return bool(answer == "queued")
 
     def dead_job_ids(self, limit: int = 100) -> list[str]:
@@ -372,11 +357,7 @@ class Queue:
     def heartbeat(self, worker_id: str) -> bool:
         """Extend this worker's lease; False if it had run out (its jobs went back)."""
         at = now_ms()
-        with redis_guard():
-            kept = scripts.run(
-                self.client,
-                scripts.call("heartbeat", [self.keys.workers], [worker_id, at + int(self.settings.lease_s * 1000), at]),
-            )
+        kept = self._run("heartbeat", [self.keys.workers], [worker_id, at + int(self.settings.lease_s * 1000), at])
         return bool(kept)
 
     def retire(self, worker_id: str) -> None:
@@ -385,22 +366,11 @@ class Queue:
             self.client.zrem(self.keys.workers, worker_id)
 
     def reap(self, *, backoff_ms: int, limit: int = 1000) -> ReapReport:
-        with redis_guard():
-            row = scripts.run(
-                self.client,
-                scripts.call(
-                    "reap",
-                    [self.keys.workers, self.keys.counts, self.keys.deadlines, self.keys.delayed],
-                    [
-                        self.keys.base,
-                        now_ms(),
-                        self.settings.max_stalls,
-                        limit,
-                        backoff_ms,
-                        self.settings.dead_job_ttl_s,
-                    ],
-                ),
-            )
+        row = self._run(
+            "reap",
+            [self.keys.workers, self.keys.counts, self.keys.deadlines, self.keys.delayed],
+            [self.keys.base, now_ms(), self.settings.max_stalls, limit, backoff_ms, self.settings.dead_job_ttl_s],
+        )
         return ReapReport(*(int(x) for x in row))
 
     def adopt_orphans(self) -> int:

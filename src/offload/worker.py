@@ -32,13 +32,13 @@ import redis
 from aws_lambda_powertools.logging import Logger
 from pydantic import ValidationError
 
-from offload import connection, scripts
+from offload import connection
 from offload import observability as obs
 from offload.config import Settings
 from offload.dispatch import Dispatcher, DispatchResult
 from offload.errors import QueueUnavailable, SliceFailed, UnknownJobType
 from offload.jobs import TakenJob, TakenSlice
-from offload.queue import Queue, _taken_job, redis_guard
+from offload.queue import Queue, redis_guard
 from offload.registry import Registry
 from offload.retries import backoff_ms
 from offload.scripts import ScriptCall
@@ -210,6 +210,11 @@ class Worker:
         self._run_batch()
 
     def _shutdown(self) -> None:
+        # The heartbeat stops first: one still running could renew the lease after retire()
+        # dropped it. The lease outlives the few round trips below by far.
+        self._heartbeat_stop.set()
+        if self._heartbeat.is_alive():
+            self._heartbeat.join(timeout=self.settings.heartbeat_s + 5)
         try:
             self._settle_slices()
             self._requeue_batch()
@@ -224,10 +229,6 @@ class Worker:
         except _TRANSIENT as e:
             logger.warning("could not flush on shutdown; the reaper will recover", extra={"reason": str(e)})
         finally:
-            self._heartbeat_stop.set()
-            if self._heartbeat.is_alive():
-                # a heartbeat in progress finishes first, so nothing touches Redis after run()
-                self._heartbeat.join(timeout=self.settings.heartbeat_s + 5)
             if self.dispatcher:
                 self.dispatcher.close()
             self.metrics.flush(force=True)
@@ -431,8 +432,7 @@ class Worker:
             status = self.queue.client.hget(self.queue.keys.job(item), "status")
             if status == "queued":
                 # moved by a BLMOVE whose reply was lost: start it as the take would have
-                rows = scripts.run(self.queue.client, self.queue.take_call(self.worker_id, 1, item))
-                self._batch.extend(_taken_job(row) for row in rows)
+                self._batch.extend(self.queue.start_moved(self.worker_id, item))
                 return
         if status == "running":
             # started by a take whose reply was lost: back to the head of the queue
