@@ -43,6 +43,12 @@ class FanPayload(BaseModel):
     pad: int = 0  # bytes of padding in each slice input (over the invoke limit: fails before dispatch)
 
 
+def reset_runs() -> None:
+    """Forget this process's execution counts (``fail_runs`` counts from here on)."""
+    with _runs_lock:
+        _runs.clear()
+
+
 def record_run(n: int) -> None:
     """One line per execution, appended atomically, in a file per process."""
     folder = os.environ.get(RUN_LOG_ENV)

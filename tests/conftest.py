@@ -6,6 +6,7 @@ import dataclasses
 import importlib
 import json
 import os
+import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from types import ModuleType
@@ -14,12 +15,13 @@ from typing import Any
 import pytest
 import redis
 
-from offload import config
+from offload import config, tokens
 from offload.config import Settings
 from offload.connection import connect
 from offload.local.events import proxy_event
 from offload.local.redis_server import RedisServer, start_redis
-from offload.queue import Queue
+from offload.queue import NewJob, Queue
+from offload.worker import Worker
 
 REPO = Path(__file__).resolve().parent.parent
 EVENTS = REPO / "events"
@@ -115,6 +117,23 @@ def queue(make_queue: Callable[..., Queue]) -> Queue:
     return make_queue()
 
 
+@pytest.fixture
+def worker_threads() -> Iterator[Callable[[Worker], Worker]]:
+    """Run workers in threads of the test; each is stopped and joined when the test ends."""
+    started: list[tuple[Worker, threading.Thread]] = []
+
+    def start(worker: Worker) -> Worker:
+        thread = threading.Thread(target=worker.run, daemon=True)
+        thread.start()
+        started.append((worker, thread))
+        return worker
+
+    yield start
+    for worker, thread in started:
+        worker.stop()
+        thread.join(timeout=10)
+
+
 def _lambda(name: str) -> ModuleType:
     return importlib.import_module(f"offload.lambdas.{name}")
 
@@ -153,3 +172,35 @@ def api_event(
 
 def body_of(response: dict[str, Any]) -> Any:
     return json.loads(response["body"])
+
+
+def dispatched_job(
+    queue: Queue,
+    slices: int = 2,
+    *,
+    tenant: str = "t",
+    max_tries: int = 2,
+    job_id: str = "",
+    worker: str = "w1",
+    slice_input: str = "{}",
+) -> str:
+    """A fan-out job as a worker leaves it: taken, split, every slice dispatched (attempt 1)."""
+    job = NewJob(type="thumbnail", payload="{}", tenant=tenant, max_tries=max_tries)
+    job_id = queue.enqueue(job, job_id=job_id).job_id
+    queue.take(worker, 1)
+    queue.fan_out(worker, job_id, [slice_input] * slices)
+    queue.take_slices(worker, slices)
+    return job_id
+
+
+def slice_outcome(job_id: str, slice_index: int = 0, attempt: int = 1, **fields: Any) -> dict[str, Any]:
+    """A callback body for one slice attempt, with a valid token (fields override the rest)."""
+    token = tokens.issue(EVENTS_SECRET, job_id, slice_index, attempt, 60)
+    return {
+        "slice": slice_index,
+        "attempt": attempt,
+        "token": token,
+        "status": "succeeded",
+        "result": {"ok": 1},
+        **fields,
+    }

@@ -7,28 +7,9 @@ from types import ModuleType
 
 from offload import tokens
 from offload.jobs import Status
-from offload.queue import NewJob, Queue
-from tests.conftest import EVENTS_SECRET, api_event, body_of
-
-
-def dispatched_job(queue: Queue, slices: int = 2) -> str:
-    job_id = queue.enqueue(NewJob(type="thumbnail", payload="{}", tenant="t", max_tries=2)).job_id
-    queue.take("w1", 1)
-    queue.fan_out("w1", job_id, ["{}"] * slices)
-    queue.take_slices("w1", slices)
-    return job_id
-
-
-def outcome(job_id: str, slice_index: int = 0, attempt: int = 1, **fields: object) -> dict[str, object]:
-    token = tokens.issue(EVENTS_SECRET, job_id, slice_index, attempt, 60)
-    return {
-        "slice": slice_index,
-        "attempt": attempt,
-        "token": token,
-        "status": "succeeded",
-        "result": {"ok": 1},
-        **fields,
-    }
+from offload.queue import Queue
+from tests.conftest import EVENTS_SECRET, api_event, body_of, dispatched_job
+from tests.conftest import slice_outcome as outcome
 
 
 def post(callback: ModuleType, job_id: str, body: object) -> dict[str, object]:

@@ -13,17 +13,17 @@ from PIL import Image
 
 from offload.jobs import Status
 from offload.local.gateway import Gateway
-from offload.queue import NewJob, Queue
-from tests.conftest import EVENTS, EVENTS_JOB_ID, body_of, load_event
+from offload.queue import Queue
+from tests.conftest import EVENTS, EVENTS_JOB_ID, body_of, dispatched_job, load_event
 
 TENANT = "arn:aws:iam::123456789012:user/tenant-a"
 
 
 def seed_dispatched_job(queue: Queue, slices: int = 2) -> None:
-    queue.enqueue(NewJob(type="thumbnail", payload="{}", tenant=TENANT, max_tries=2), job_id=EVENTS_JOB_ID)
-    queue.take("w1", 1)
-    queue.fan_out("w1", EVENTS_JOB_ID, ['{"image":"file:samples/images/rocket.jpg"}'] * slices)
-    queue.take_slices("w1", slices)
+    """The job the sample events name, its slices dispatched."""
+    dispatched_job(
+        queue, slices, tenant=TENANT, job_id=EVENTS_JOB_ID, slice_input='{"image":"file:samples/images/rocket.jpg"}'
+    )
 
 
 @pytest.fixture

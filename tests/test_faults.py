@@ -64,6 +64,7 @@ def proxy(own_redis: RedisServer) -> Iterator[Proxy]:
 def runs(tmp_path: Path) -> Path:
     folder = tmp_path / "runs"
     folder.mkdir()
+    diag.reset_runs()  # in-process counts left by an earlier test would spend this one's failures
     return folder
 
 
@@ -82,10 +83,11 @@ def workers(tmp_path: Path) -> Iterator[Callable[..., WorkerProcess]]:
 
 
 @pytest.fixture
-def in_process(runs: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Callable[..., Worker]]:
+def in_process(
+    runs: Path, monkeypatch: pytest.MonkeyPatch, worker_threads: Callable[[Worker], Worker]
+) -> Callable[..., Worker]:
     """Workers as threads of the test process (for faults injected between it and Redis)."""
     monkeypatch.setenv(diag.RUN_LOG_ENV, str(runs))
-    started: list[tuple[Worker, threading.Thread]] = []
 
     def start(queue: Queue, compute: LocalCompute | None = None) -> Worker:
         dispatcher = None
@@ -101,16 +103,9 @@ def in_process(runs: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Callable
                 max_payload_bytes=queue.settings.max_invoke_payload_bytes,
                 concurrency=4,
             )
-        worker = Worker(queue, diag.build_registry(), queue.settings, dispatcher)
-        thread = threading.Thread(target=worker.run, daemon=True)
-        thread.start()
-        started.append((worker, thread))
-        return worker
+        return worker_threads(Worker(queue, diag.build_registry(), queue.settings, dispatcher))
 
-    yield start
-    for worker, thread in started:
-        worker.stop()
-        thread.join(timeout=10)
+    return start
 
 
 def submit(queue: Queue, n: int, **payload: Any) -> str:

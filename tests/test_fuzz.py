@@ -42,7 +42,8 @@ from schemathesis.specs.openapi.checks import (
 
 from offload import tokens
 from offload.local.gateway import Gateway
-from offload.queue import NewJob, Queue
+from offload.queue import Queue
+from tests.conftest import dispatched_job
 
 CALLBACK_KEY = "AKIAOFFLOADFUZZ00001"  # the compute function's identity
 TENANT_KEYS = ("AKIAOFFLOADFUZZ00002", "AKIAOFFLOADFUZZ00003")  # two tenants of the job routes
@@ -209,11 +210,7 @@ def _error_name(response: requests.Response) -> str:
 
 
 def _dispatched_job(queue: Queue, tenant: str) -> str:
-    job_id = queue.enqueue(NewJob(type="thumbnail", payload="{}", tenant=tenant, max_tries=3)).job_id
-    queue.take("fuzz-worker", 1)
-    queue.fan_out("fuzz-worker", job_id, ["{}"] * DISPATCHED_SLICES)
-    queue.take_slices("fuzz-worker", DISPATCHED_SLICES)
-    return job_id
+    return dispatched_job(queue, DISPATCHED_SLICES, tenant=tenant, max_tries=3, worker="fuzz-worker")
 
 
 @contextlib.contextmanager

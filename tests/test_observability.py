@@ -143,7 +143,9 @@ def test_the_master_logs_one_json_line_with_the_job_keys(master: ModuleType) -> 
 
 
 def test_the_callback_logs_carry_job_slice_attempt_type_and_tenant(callback: ModuleType, queue: Queue) -> None:
-    from tests.test_callback import dispatched_job, outcome, post
+    from tests.conftest import dispatched_job
+    from tests.conftest import slice_outcome as outcome
+    from tests.test_callback import post
 
     job_id = dispatched_job(queue)
     with json_logs(callback.logger) as lines:
@@ -169,7 +171,9 @@ def test_the_master_emits_emf_only_for_rejected_jobs(master: ModuleType, capsys:
 def test_the_callback_emits_the_job_latency_when_the_last_slice_lands(
     callback: ModuleType, queue: Queue, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from tests.test_callback import dispatched_job, outcome, post
+    from tests.conftest import dispatched_job
+    from tests.conftest import slice_outcome as outcome
+    from tests.test_callback import post
 
     job_id = dispatched_job(queue, slices=1)
     post(callback, job_id, outcome(job_id))

@@ -40,26 +40,22 @@ from offload.handlers.thumbnail_compute import make_thumbnails
 from offload.http import MAX_JSON_DEPTH, caller_tenant, parse_event
 from offload.local.gateway import Gateway
 from offload.local.redis_server import free_port, start_redis
-from offload.queue import NewJob, Queue
+from offload.queue import Queue
 from offload.registry import SliceContext
 from offload.slice_models import SliceInvocation
-from tests.conftest import EVENTS_SECRET, SAMPLES, api_event, body_of
+from tests.conftest import EVENTS_SECRET, SAMPLES, api_event, body_of, slice_outcome
+from tests.conftest import dispatched_job as shared_dispatched_job
 
 ECHO = {"type": "echo", "payload": {"hello": "world"}}
 JOB = "0123456789abcdef0123456789abcdef"
 
 
 def dispatched_job(queue: Queue, slices: int = 2, tenant: str = "t") -> str:
-    job_id = queue.enqueue(NewJob(type="thumbnail", payload="{}", tenant=tenant, max_tries=3)).job_id
-    queue.take("w1", 1)
-    queue.fan_out("w1", job_id, ["{}"] * slices)
-    queue.take_slices("w1", slices)
-    return job_id
+    return shared_dispatched_job(queue, slices, tenant=tenant, max_tries=3)
 
 
 def outcome(job_id: str, slice_index: int = 0, attempt: int = 1, **fields: Any) -> dict[str, Any]:
-    token = tokens.issue(EVENTS_SECRET, job_id, slice_index, attempt, 60)
-    return {"slice": slice_index, "attempt": attempt, "token": token, "status": "succeeded", "result": 1, **fields}
+    return slice_outcome(job_id, slice_index, attempt, **{"result": 1, **fields})
 
 
 def snapshot(r: redis.Redis) -> dict[str, Any]:

@@ -6,7 +6,7 @@ import dataclasses
 import json
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import boto3
@@ -47,20 +47,11 @@ def dispatcher_for(invoker: Any, queue: Queue, max_payload_bytes: int = 256 * 10
 
 
 @pytest.fixture
-def run_worker(queue: Queue) -> Iterator[Callable[..., Worker]]:
-    started: list[tuple[Worker, threading.Thread]] = []
-
+def run_worker(queue: Queue, worker_threads: Callable[[Worker], Worker]) -> Callable[..., Worker]:
     def start(dispatcher: Dispatcher | None = None, q: Queue | None = None) -> Worker:
-        worker = Worker(q or queue, registry, (q or queue).settings, dispatcher)
-        thread = threading.Thread(target=worker.run, daemon=True)
-        thread.start()
-        started.append((worker, thread))
-        return worker
+        return worker_threads(Worker(q or queue, registry, (q or queue).settings, dispatcher))
 
-    yield start
-    for worker, thread in started:
-        worker.stop()
-        thread.join(timeout=10)
+    return start
 
 
 def wait_until(predicate: Callable[[], bool], timeout_s: float = 10) -> None:
@@ -146,7 +137,14 @@ def test_lambda_invoker_starts_an_event_invocation_through_the_lambda_api() -> N
         Code={"ZipFile": b"PK\x05\x06" + b"\x00" * 18},
     )
 
+    sent: list[Any] = []
+    client.meta.events.register_last("before-sign.lambda.Invoke", lambda request, **_: sent.append(request))
+
     LambdaInvoker(client, "compute").invoke_async(b'{"job_id": "x"}')
+
+    [request] = sent  # one call, answered 202 (anything else would have raised DispatchFailed)
+    assert request.headers["X-Amz-Invocation-Type"] == "Event" and request.body == b'{"job_id": "x"}'
+    assert request.url.endswith("/functions/compute/invocations")
 
 
 def test_lambda_invoker_retries_throttling_then_succeeds() -> None:
