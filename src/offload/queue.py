@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
 import time
-import uuid
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -27,7 +27,8 @@ def now_ms() -> int:
 
 
 def new_job_id() -> str:
-    return uuid.uuid4().hex
+    """32 random hex digits (uuid4().hex's shape, at a fifth of its cost)."""
+    return os.urandom(16).hex()
 
 
 @contextmanager
@@ -126,8 +127,10 @@ class Queue:
 
     def _run(self, name: str, keys: Sequence[str], args: Sequence[Any]) -> Any:
         """One script call (one round trip); a Redis outage comes out as QueueUnavailable."""
-        with redis_guard():
+        try:  # redis_guard, spelled out: this is the master's and the callback's hot path
             return scripts.run(self.client, scripts.call(name, keys, args))
+        except RECONNECT_ERRORS as e:
+            raise QueueUnavailable(f"Redis is unavailable: {e}") from e
 
     # -- master --------------------------------------------------------------------------
 
@@ -166,6 +169,7 @@ class Queue:
                 request_digest if idempotency_key else "",
                 self.settings.idempotency_ttl_s,
                 self.keys.base,
+                job.priority,
                 *fields,
             ],
         )

@@ -66,10 +66,12 @@ local function wake_workers(base)
 end
 """,
     "push_job": r"""
--- Put a job on the list of its class; 'front' means it is taken next.
-local function push_job(base, id, front)
+-- Put a job on the list of its class; 'front' means it is taken next. A caller that knows
+-- the job's priority passes it, saving the read.
+local function push_job(base, id, front, priority)
   local list = base .. ':queued'
-  if redis.call('HGET', base .. ':job:' .. id, 'priority') == 'interactive' then
+  priority = priority or redis.call('HGET', base .. ':job:' .. id, 'priority')
+  if priority == 'interactive' then
     list = base .. ':queued:interactive'
     wake_workers(base)
   end
@@ -89,9 +91,10 @@ end
 """,
     "end_dispatch": r"""
 -- A dispatched slice attempt is over (called back, failed, timed out or lost): its tenant
--- has one slice fewer in flight, so one of its waiting slices may go.
-local function end_dispatch(base, id)
-  local tenant = redis.call('HGET', base .. ':job:' .. id, 'tenant') or ''
+-- has one slice fewer in flight, so one of its waiting slices may go. A caller that has
+-- read the job's tenant passes it.
+local function end_dispatch(base, id, tenant)
+  tenant = tenant or redis.call('HGET', base .. ':job:' .. id, 'tenant') or ''
   if redis.call('HINCRBY', base .. ':inflight', tenant, -1) <= 0 then
     redis.call('HDEL', base .. ':inflight', tenant)
   end
@@ -146,7 +149,8 @@ end
 
 
 # KEYS: job, queued, counts, idempotency, queued_interactive
-# ARGV: job_id, max_backlog, idempotency digest ('' = none), idempotency ttl_s, base, field, value, ...
+# ARGV: job_id, max_backlog, idempotency digest ('' = none), idempotency ttl_s, base, priority,
+#       field, value, ...
 ENQUEUE = r"""
 -- the same call sent again (redis-py resends after a lost reply) finds its job already there
 if redis.call('EXISTS', KEYS[1]) == 1 then return {'accepted', ARGV[1]} end
@@ -168,9 +172,9 @@ if max_backlog > 0 then
   end
 end
 local fields = {}
-for i = 6, #ARGV do fields[#fields + 1] = ARGV[i] end
+for i = 7, #ARGV do fields[#fields + 1] = ARGV[i] end
 redis.call('HSET', KEYS[1], unpack(fields))
-push_job(ARGV[5], ARGV[1], false)
+push_job(ARGV[5], ARGV[1], false, ARGV[6])
 redis.call('HINCRBY', KEYS[3], 'accepted', 1)
 redis.call('HINCRBY', KEYS[3], 'queued', 1)
 if ARGV[3] ~= '' then
@@ -355,7 +359,7 @@ APPLY_OUTCOME = r"""
 local base, id, n, attempt, now = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[8]
 local jobkey = base .. ':job:' .. id
 local slices = base .. ':slices:' .. id
-local job = redis.call('HMGET', jobkey, 'status', 'type', 'tenant', 'created_ms')
+local job = redis.call('HMGET', jobkey, 'status', 'type', 'tenant', 'created_ms', 'slices_total')
 local status = job[1]
 if not status then return {'unknown', '', '', '', ''} end
 local function answer(verdict, now_status) return {verdict, now_status, job[2], job[3], job[4] or ''} end
@@ -364,7 +368,7 @@ if not s[1] then return answer('unknown', status) end
 if s[1] ~= attempt then return answer('stale', status) end
 if s[2] ~= 'dispatched' then return answer('duplicate', status) end
 redis.call('ZREM', KEYS[2], id .. '/' .. n .. '/' .. attempt)
-end_dispatch(base, id)
+end_dispatch(base, id, job[3] or '')
 if status ~= 'waiting' then
   redis.call('HSET', slices, n .. ':st', 'abandoned')
   return answer('inactive', status)
@@ -377,7 +381,7 @@ redis.call('HSET', slices, n .. ':st', 'succeeded', n .. ':out', ARGV[6])
 redis.call('HINCRBY', KEYS[1], 'slices_succeeded', 1)
 local done = redis.call('HINCRBY', jobkey, 'slices_succeeded', 1)
 redis.call('HSET', jobkey, 'updated_ms', now)
-local total = tonumber(redis.call('HGET', jobkey, 'slices_total'))
+local total = tonumber(job[5])
 if done < total then return answer('applied', 'waiting') end
 local outs = {}
 for i = 0, total - 1 do outs[#outs + 1] = redis.call('HGET', slices, i .. ':out') end

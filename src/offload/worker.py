@@ -29,7 +29,6 @@ from types import FrameType
 from typing import Any
 
 import redis
-from aws_lambda_powertools.logging import Logger
 from pydantic import ValidationError
 
 from offload import connection
@@ -38,12 +37,13 @@ from offload.config import Settings
 from offload.dispatch import Dispatcher, DispatchResult
 from offload.errors import QueueUnavailable, SliceFailed, UnknownJobType
 from offload.jobs import TakenJob, TakenSlice
+from offload.logs import service_logger
 from offload.queue import Queue, redis_guard
 from offload.registry import Registry
 from offload.retries import backoff_ms
 from offload.scripts import ScriptCall
 
-logger = Logger(service="offload-worker")
+logger = service_logger("offload-worker")
 
 # How many rounds of slice dispatch one loop turn may do before it takes jobs again.
 _DISPATCH_ROUNDS_PER_TURN = 4

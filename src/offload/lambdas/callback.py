@@ -11,7 +11,6 @@ import json
 import time
 from typing import Any
 
-from aws_lambda_powertools.logging import Logger
 from pydantic import ValidationError
 
 from offload import observability as obs
@@ -20,11 +19,12 @@ from offload.config import settings
 from offload.connection import connect
 from offload.errors import CallbackRejected, QueueUnavailable
 from offload.http import HttpError, error_response, json_body, parse_event, respond
+from offload.logs import service_logger
 from offload.queue import Outcome, OutcomeVerdict, Queue
 from offload.retries import backoff_ms
 from offload.slice_models import LambdaFailureRecord, SliceInvocation, SliceOutcome
 
-logger = Logger(service="offload-callback")
+logger = service_logger("offload-callback")
 # No Powertools Tracer, for the cold start: see the master function's note.
 
 SETTINGS = settings()

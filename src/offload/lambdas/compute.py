@@ -11,7 +11,6 @@ import urllib.request
 from typing import Any
 
 import boto3
-from aws_lambda_powertools.logging import Logger
 from aws_lambda_powertools.tracing import Tracer
 from pydantic import ValidationError
 
@@ -20,10 +19,11 @@ from offload import signing
 from offload.config import settings
 from offload.errors import SliceFailed, UnknownJobType
 from offload.handlers import registry
+from offload.logs import service_logger
 from offload.registry import SliceContext
 from offload.slice_models import SliceInvocation, SliceOutcome
 
-logger = Logger(service="offload-compute")
+logger = service_logger("offload-compute")
 tracer = Tracer(service="offload-compute", patch_modules=["botocore"])
 METRICS = obs.new_metrics(settings())
 

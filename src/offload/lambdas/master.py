@@ -8,8 +8,6 @@ import json
 import os
 from typing import Any
 
-from aws_lambda_powertools.logging import Logger
-
 from offload import observability as obs
 from offload.config import settings
 from offload.connection import connect
@@ -17,10 +15,11 @@ from offload.errors import QueueUnavailable, UnknownJobType
 from offload.handlers import registry
 from offload.http import HttpError, Request, caller_tenant, error_response, json_body, parse_event, respond, validate
 from offload.jobs import Status
+from offload.logs import service_logger
 from offload.models import JobAccepted, JobRequest, JobView
 from offload.queue import EnqueueVerdict, NewJob, Queue
 
-logger = Logger(service="offload-master")
+logger = service_logger("offload-master")
 # No Powertools Tracer here: the X-Ray SDK under it loads botocore, half of this function's
 # cold start (see docs/benchmarks.md). Lambda's active tracing still records the invocation,
 # and the job carries its trace header on to the worker, compute and callback; the compute

@@ -1,0 +1,101 @@
+"""offload's log lines are Powertools' own: the lean formatter writes what Powertools' writes."""
+
+from __future__ import annotations
+
+import io
+import logging
+from collections.abc import Callable
+
+import pytest
+from aws_lambda_powertools.logging import Logger
+from aws_lambda_powertools.logging.formatter import LambdaPowertoolsFormatter
+
+from offload.logs import LeanFormatter
+
+SERVICE = "offload-logs-test"
+TRACE = "Root=1-5759e988-bd862e3fe1be46a994272793;Parent=53995c3f42cd8ad8;Sampled=1"
+
+
+def same_instant(record: logging.LogRecord) -> bool:
+    """Both formatters see every record made at the same instant."""
+    record.created, record.msecs = 1_796_342_400.123, 123.0
+    return True
+
+
+def lines_from(formatter: LambdaPowertoolsFormatter, write: Callable[[Logger], None]) -> list[str]:
+    stream = io.StringIO()
+    logging.Logger.manager.loggerDict.pop(SERVICE, None)  # a fresh logger, not the last test's
+    logger = Logger(service=SERVICE, logger_formatter=formatter, stream=stream)
+    logger.addFilter(same_instant)
+    write(logger)
+    return stream.getvalue().splitlines()
+
+
+def raise_and_log(logger: Logger) -> None:
+    try:
+        raise ValueError("boom")
+    except ValueError:
+        logger.exception("unexpected", extra={"job_id": "j1"})
+
+
+def raise_and_warn(logger: Logger) -> None:
+    try:
+        raise KeyError("k")
+    except KeyError:
+        logger.warning("handled", exc_info=True)
+
+
+WRITERS: dict[str, Callable[[Logger], None]] = {
+    "plain": lambda lg: lg.info("job accepted"),
+    "extras": lambda lg: lg.info("job accepted", extra={"job_id": "j1", "job_type": "echo", "tenant": "t"}),
+    "keyword extras": lambda lg: lg.warning("backlog full", depth=3, tenant="t"),
+    "a None extra": lambda lg: lg.info("slice failed", extra={"error": None, "attempt": 2}),
+    "appended keys": lambda lg: (lg.append_keys(job_id="j1", slice_id=0), lg.info("slice succeeded")),
+    "an appended key overridden": lambda lg: (lg.append_keys(job_id="j1"), lg.info("x", extra={"job_id": "j2"})),
+    "an appended None": lambda lg: (lg.append_keys(job_type=None), lg.info("x")),
+    "correlation id": lambda lg: (lg.set_correlation_id("c-1"), lg.info("job accepted")),
+    "cleared state": lambda lg: (lg.append_keys(a=1), lg.clear_state(), lg.info("x")),
+    "an unserializable extra": lambda lg: lg.info("x", extra={"when": ValueError("v"), "ids": {1, 2}}),
+    "a unicode message": lambda lg: lg.info("café ☕ \u2028 done"),
+    "a JSON message": lambda lg: lg.info('{"a": 1}'),
+    "a JSON word": lambda lg: lg.info("true"),
+    "a number": lambda lg: lg.info("42"),
+    "a dict message": lambda lg: lg.info({"a": 1}),
+    "arguments": lambda lg: lg.info("took %d ms", 5),
+    "an exception": raise_and_log,
+    "exc_info": raise_and_warn,
+    "thread-local keys": lambda lg: (lg.thread_safe_append_keys(tk=1), lg.info("x"), lg.thread_safe_clear_keys()),
+    "stack_trace extra": lambda lg: lg.info("x", extra={"stack_trace": "mine"}),
+    "debug below the level": lambda lg: lg.debug("hidden"),
+}
+
+
+@pytest.mark.parametrize("case", WRITERS)
+@pytest.mark.parametrize("trace", [TRACE, None])
+def test_the_lean_formatter_writes_what_powertools_writes(
+    case: str, trace: str | None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    if trace:
+        monkeypatch.setenv("_X_AMZN_TRACE_ID", trace)
+    else:
+        monkeypatch.delenv("_X_AMZN_TRACE_ID", raising=False)
+    ours = lines_from(LeanFormatter(), WRITERS[case])
+    theirs = lines_from(LambdaPowertoolsFormatter(), WRITERS[case])
+    assert ours == theirs
+
+
+def test_the_timestamp_follows_the_clock_across_seconds() -> None:
+    formatter = LeanFormatter()
+    record = logging.LogRecord("n", logging.INFO, __file__, 1, "m", None, None)
+    for created in (1_796_342_400.001, 1_796_342_400.999, 1_796_342_401.5):
+        record.created, record.msecs = created, (created - int(created)) * 1000
+        assert formatter.formatTime(record) == LambdaPowertoolsFormatter().formatTime(record)
+
+
+def test_a_plain_line_takes_the_lean_path(monkeypatch: pytest.MonkeyPatch) -> None:
+    def refuse(self: LambdaPowertoolsFormatter, record: logging.LogRecord) -> str:
+        raise AssertionError("the default formatter was used")
+
+    monkeypatch.setattr(LambdaPowertoolsFormatter, "format", refuse)
+    [line] = lines_from(LeanFormatter(), WRITERS["extras"])
+    assert '"message":"job accepted"' in line and '"job_id":"j1"' in line
