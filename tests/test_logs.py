@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import io
 import logging
+import time
 from collections.abc import Callable
 
 import pytest
 from aws_lambda_powertools.logging import Logger
 from aws_lambda_powertools.logging.formatter import LambdaPowertoolsFormatter
 
-from offload.logs import LeanFormatter
+from offload.logs import LeanFormatter, LeanLogger, service_logger
 
 SERVICE = "offload-logs-test"
 TRACE = "Root=1-5759e988-bd862e3fe1be46a994272793;Parent=53995c3f42cd8ad8;Sampled=1"
@@ -22,11 +23,19 @@ def same_instant(record: logging.LogRecord) -> bool:
     return True
 
 
-def lines_from(formatter: LambdaPowertoolsFormatter, write: Callable[[Logger], None]) -> list[str]:
+def lines_from(
+    formatter: LambdaPowertoolsFormatter,
+    write: Callable[[Logger], None],
+    logger_class: type[Logger] = Logger,
+    *,
+    freeze: bool = True,
+) -> list[str]:
     stream = io.StringIO()
     logging.Logger.manager.loggerDict.pop(SERVICE, None)  # a fresh logger, not the last test's
-    logger = Logger(service=SERVICE, logger_formatter=formatter, stream=stream)
-    logger.addFilter(same_instant)
+    logger = logger_class(service=SERVICE, logger_formatter=formatter, stream=stream)
+    logger._logger.propagate = False  # as service_logger() makes them
+    if freeze:
+        logger.addFilter(same_instant)
     write(logger)
     return stream.getvalue().splitlines()
 
@@ -84,6 +93,17 @@ def test_the_lean_formatter_writes_what_powertools_writes(
     assert ours == theirs
 
 
+@pytest.mark.parametrize("case", WRITERS)
+def test_the_lean_logger_writes_what_powertools_writes(case: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("_X_AMZN_TRACE_ID", TRACE)
+    # no filter (one would send every line the usual way): the clock itself stands still
+    monkeypatch.setattr(time, "time_ns", lambda: 1_796_342_400_500_000_000)
+    monkeypatch.setattr(time, "time", lambda: 1_796_342_400.5)  # exact in binary: the same ms
+    ours = lines_from(LeanFormatter(), WRITERS[case], LeanLogger, freeze=False)
+    theirs = lines_from(LambdaPowertoolsFormatter(), WRITERS[case], freeze=False)
+    assert ours == theirs
+
+
 def test_the_timestamp_follows_the_clock_across_seconds() -> None:
     formatter = LeanFormatter()
     record = logging.LogRecord("n", logging.INFO, __file__, 1, "m", None, None)
@@ -92,10 +112,33 @@ def test_the_timestamp_follows_the_clock_across_seconds() -> None:
         assert formatter.formatTime(record) == LambdaPowertoolsFormatter().formatTime(record)
 
 
-def test_a_plain_line_takes_the_lean_path(monkeypatch: pytest.MonkeyPatch) -> None:
-    def refuse(self: LambdaPowertoolsFormatter, record: logging.LogRecord) -> str:
-        raise AssertionError("the default formatter was used")
+def refuse(*_: object, **__: object) -> None:
+    raise AssertionError("the usual path was taken")
 
+
+def test_a_plain_line_takes_the_lean_formatters_own_path(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(LambdaPowertoolsFormatter, "format", refuse)
     [line] = lines_from(LeanFormatter(), WRITERS["extras"])
     assert '"message":"job accepted"' in line and '"job_id":"j1"' in line
+
+
+def test_a_plain_info_line_makes_no_log_record(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(logging.Logger, "makeRecord", refuse)
+    [line] = lines_from(LeanFormatter(), WRITERS["extras"], LeanLogger, freeze=False)
+    assert '"message":"job accepted"' in line and '"location":"<lambda>:' in line
+
+
+def test_a_second_handler_sees_every_line(monkeypatch: pytest.MonkeyPatch) -> None:
+    seen = io.StringIO()
+
+    def write(logger: Logger) -> None:
+        logger._logger.addHandler(logging.StreamHandler(seen))
+        logger.info("job accepted")
+
+    lines = lines_from(LeanFormatter(), write, LeanLogger)
+    assert len(lines) == 1 and seen.getvalue() == "job accepted\n"
+
+
+def test_service_loggers_do_not_propagate_to_the_root_logger() -> None:
+    logger = service_logger("offload-logs-test-service")
+    assert isinstance(logger, LeanLogger) and logger._logger.propagate is False

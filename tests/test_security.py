@@ -20,6 +20,7 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.parse
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,6 +32,8 @@ import botocore.auth
 import pytest
 import redis
 import requests
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from moto import mock_aws
 from PIL import Image
 
@@ -718,6 +721,23 @@ def test_the_master_refuses_other_schemes_with_the_field_path(master: ModuleType
     status, answer = call(master, api_event("POST", "/jobs", body))
 
     assert status == 422 and any(d["path"].startswith("payload.images") for d in answer["details"])
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.sampled_from(["s3:", "file:", "S3:", "FiLe:", "http:", "s3", ""]), st.text(max_size=12))
+def test_the_masters_quick_scheme_check_agrees_with_urlsplit(scheme: str, rest: str) -> None:
+    from offload.handlers.thumbnail import _check_uri
+
+    uri = scheme + rest
+    try:
+        expected: str | None = uri if urllib.parse.urlsplit(uri).scheme in storage.ALLOWED_SCHEMES else None
+    except ValueError:
+        expected = None
+    try:
+        got: str | None = _check_uri(uri)
+    except ValueError:
+        got = None
+    assert got == expected
 
 
 def test_the_compute_function_reports_a_refused_input_as_a_failed_slice(media: Media, compute: ModuleType) -> None:

@@ -56,7 +56,7 @@ class HttpError(OffloadError):
         self.headers = dict(headers or {})
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class Request:
     method: str
     resource: str

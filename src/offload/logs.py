@@ -1,11 +1,17 @@
-"""The Powertools Logger every offload process logs through, with a lighter formatter.
+"""The Powertools Logger every offload process logs through, made cheaper per line.
 
-The lines are Powertools' own JSON format (the same keys, order and values as its
-``LambdaPowertoolsFormatter``), but a plain line (a text message, no ``%`` arguments, no
-exception, no thread-local keys) is built without the default formatter's per-line work:
-copying the whole log record, formatting the time with ``strftime`` every time, and trying
-to decode the message as JSON. That work was a tenth of the master's time per request
-(docs/benchmarks.md). Every other line goes through Powertools' formatter unchanged.
+The lines are Powertools' own JSON (the same keys, order and values as its
+``LambdaPowertoolsFormatter`` writes; tests/test_logs.py compares them). What changes is
+the cost of a plain line (a text message, no ``%`` arguments, no exception): the default
+formatter copies the whole log record, runs ``strftime`` and tries to decode the message
+as JSON on every line, and the standard library builds a record and walks the stack for
+it. That was a quarter of the master's time per request (docs/benchmarks.md). So:
+
+- ``LeanFormatter`` builds a plain line's JSON directly and formats the time once a second;
+- ``LeanLogger.info`` writes a plain info line straight to the logger's one handler when
+  nothing else could see the record (no filters, no other handlers, no propagation).
+
+Anything else goes through Powertools and the standard library unchanged.
 """
 
 from __future__ import annotations
@@ -13,13 +19,25 @@ from __future__ import annotations
 import json
 import logging
 import os
+import sys
 import time
+from collections.abc import Mapping
 from typing import Any
 
 from aws_lambda_powertools.logging import Logger
 from aws_lambda_powertools.logging.formatter import RESERVED_LOG_ATTRS, LambdaPowertoolsFormatter
 
+# No log line of ours shows the process, thread or task, so records need not look them up
+# (the logging HOWTO's "Optimization"): one getpid() system call fewer per line.
+logging.logProcesses = False
+logging.logThreads = False
+logging.logMultiprocessing = False
+logging.logAsyncioTasks = False  # type: ignore[attr-defined,unused-ignore]  # Python 3.12+
+
 _RESERVED = frozenset(RESERVED_LOG_ATTRS)
+# Keys an extra may not use: the standard library refuses the record's own attributes
+# (KeyError), and Powertools drops its reserved keys. Such a line takes the usual path.
+_NOT_EXTRAS = _RESERVED | frozenset(logging.LogRecord("", 0, "", 0, "", None, None).__dict__) | {"message", "asctime"}
 # Powertools decodes a message that is a JSON document; those take its own path.
 _JSON_STARTS = frozenset('{["-0123456789')
 _JSON_WORDS = frozenset(("true", "false", "null"))
@@ -27,7 +45,7 @@ _TRACE_ENV = "_X_AMZN_TRACE_ID"
 
 
 class LeanFormatter(LambdaPowertoolsFormatter):
-    """Powertools' JSON lines, built directly for the common case (see the module's note)."""
+    """Powertools' JSON lines, a plain one built directly (see the module's note)."""
 
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(**kwargs)
@@ -42,55 +60,68 @@ class LeanFormatter(LambdaPowertoolsFormatter):
         self._trace_id: str | None = None
 
     def format(self, record: logging.LogRecord) -> str:
-        message = record.msg
+        if not (record.args or record.exc_info or record.stack_info):
+            extras = {k: v for k, v in record.__dict__.items() if k not in _RESERVED}
+            line = self.plain_line(
+                record.levelname, record.funcName, record.lineno, record.created, record.msecs, record.msg, extras
+            )
+            if line is not None:
+                return line
+        return super().format(record)
+
+    def plain_line(
+        self,
+        level_name: str,
+        function: str,
+        lineno: int,
+        created: float,
+        msecs: float,
+        message: object,
+        extras: Mapping[str, object],
+    ) -> str | None:
+        """The line for a plain record, or None when it is not one (Powertools formats it)."""
         if (
-            record.args
-            or record.exc_info
-            or record.stack_info
-            or type(message) is not str
+            type(message) is not str
             or message[:1] in _JSON_STARTS
             or message in _JSON_WORDS
-            or self.thread_safe_get_current_keys()
             or self.datefmt
             or self.use_rfc3339_iso8601
+            or self.thread_safe_get_current_keys()
         ):
-            return super().format(record)
-
+            return None
         line: dict[str, Any] = {}
         for key, value in self.log_format.items():
-            if type(value) is str and key in _RESERVED:
-                line[key] = self._field(value, record)
+            if type(value) is not str or key not in _RESERVED:
+                line[key] = value
+            elif value == "%(levelname)s":
+                line[key] = level_name
+            elif value == "%(funcName)s:%(lineno)d":
+                line[key] = f"{function}:{lineno}"
+            elif value == "%(asctime)s":
+                line[key] = self._timestamp(created, msecs)
             else:
-                line[key] = value
-        for key, value in record.__dict__.items():
-            if key not in _RESERVED:
-                line[key] = value
+                return None  # a field template of someone else's: Powertools fills it in
+        line.update(extras)
         line["message"] = message  # where the order puts it, else last, as Powertools does
         if self.serialize_stacktrace:
             line.pop("stack_trace", None)
         line["xray_trace_id"] = None if self.log_format.get("xray_trace_id", "") is None else self._trace()
         return self.serialize({k: v for k, v in line.items() if v is not None})
 
-    def _field(self, template: str, record: logging.LogRecord) -> str:
-        if template == "%(levelname)s":
-            return record.levelname
-        if template == "%(funcName)s:%(lineno)d":
-            return f"{record.funcName}:{record.lineno}"
-        if template == "%(asctime)s":
-            return self.formatTime(record)
-        return template % {**record.__dict__, "asctime": self.formatTime(record)}
-
     def formatTime(self, record: logging.LogRecord, datefmt: str | None = None) -> str:
-        """Powertools' default timestamp (``2026-12-04 00:44:40,535+0000``), ``strftime`` once a second."""
         if datefmt or self.datefmt or self.use_rfc3339_iso8601:
             return super().formatTime(record, datefmt)
-        second = int(record.created)
+        return self._timestamp(record.created, record.msecs)
+
+    def _timestamp(self, created: float, msecs: float) -> str:
+        """Powertools' default timestamp (``2026-12-04 00:44:40,535+0000``), ``strftime`` once a second."""
+        second = int(created)
         if second != self._second:
             struct = self.converter(second)
             self._second_text = (time.strftime("%Y-%m-%d %H:%M:%S", struct), time.strftime("%z", struct))
             self._second = second
         clock, zone = self._second_text
-        return f"{clock},{int(record.msecs):03d}{zone}"
+        return f"{clock},{int(msecs):03d}{zone}"
 
     def _trace(self) -> str | None:
         """The X-Ray trace id Lambda sets per invocation, parsed once per value."""
@@ -101,6 +132,80 @@ class LeanFormatter(LambdaPowertoolsFormatter):
         return self._trace_id
 
 
+class LeanLogger(Logger):
+    """Powertools' Logger; a plain info line skips the log record (see the module's note)."""
+
+    def info(
+        self,
+        msg: object,
+        *args: object,
+        exc_info: Any = None,
+        stack_info: bool = False,
+        stacklevel: int = 2,
+        extra: Mapping[str, object] | None = None,
+        **kwargs: object,
+    ) -> None:
+        if not (args or exc_info or stack_info or stacklevel != 2) and self._write_plain(
+            logging.INFO, msg, extra, kwargs, sys._getframe(1)
+        ):
+            return
+        # one frame more between the caller and the standard library's stack walk
+        super().info(
+            msg, *args, exc_info=exc_info, stack_info=stack_info, stacklevel=stacklevel + 1, extra=extra, **kwargs
+        )
+
+    def _write_plain(
+        self, level: int, msg: object, extra: Mapping[str, object] | None, kwargs: dict[str, object], caller: Any
+    ) -> bool:
+        """Write the line straight to the one handler; False when the usual path must run."""
+        logger = self._logger
+        if (
+            logger.propagate
+            or logger.filters
+            or len(logger.handlers) != 1
+            or getattr(self, "_buffer_config", None)
+            or not logger.isEnabledFor(level)
+        ):
+            return False
+        handler = logger.handlers[0]
+        formatter = handler.formatter
+        if type(handler) is not logging.StreamHandler or handler.filters or level < handler.level:
+            return False
+        if not isinstance(formatter, LeanFormatter):
+            return False
+        extras = {**extra, **kwargs} if extra else kwargs
+        if not _NOT_EXTRAS.isdisjoint(extras):
+            return False
+        now_ns = time.time_ns()
+        line = formatter.plain_line(
+            logging.getLevelName(level),
+            caller.f_code.co_name,
+            caller.f_lineno,
+            now_ns / 1e9,
+            (now_ns // 1_000_000) % 1000,
+            msg,
+            extras,
+        )
+        if line is None:
+            return False
+        handler.acquire()
+        try:
+            handler.stream.write(line + handler.terminator)
+            handler.flush()
+        except Exception:
+            return False  # the usual path writes it, or reports why it cannot
+        finally:
+            handler.release()
+        return True
+
+
 def service_logger(service: str) -> Logger:
-    """The Powertools Logger of one offload component (a function or the worker)."""
-    return Logger(service=service, logger_formatter=LeanFormatter())
+    """The Powertools Logger of one offload component (a function or the worker).
+
+    It does not propagate: in Lambda the root logger's handler (the runtime's) would drop
+    its records anyway (Powertools filters them out there), and elsewhere a root handler
+    would print every line a second time.
+    """
+    logger = LeanLogger(service=service, logger_formatter=LeanFormatter())
+    logger._logger.propagate = False
+    return logger

@@ -141,26 +141,8 @@ class Queue:
         backlog limit in the same script, so neither can be raced). ``job_id`` is for
         fixtures and imports only; the master always lets one be made."""
         job_id = job_id or new_job_id()
-        fields: list[Any] = [
-            "type",
-            job.type,
-            "tenant",
-            job.tenant,
-            "status",
-            Status.QUEUED,
-            "payload",
-            job.payload,
-            "max_tries",
-            job.max_tries,
-            "created_ms",
-            now_ms(),
-        ]
-        if trace := compact_trace(job.trace):
-            fields += ["trace", trace]
-        if job.priority == "interactive":
-            fields += ["priority", "interactive"]
         idem_key = self.keys.idempotency(job.tenant, idempotency_key) if idempotency_key else self.keys.base
-        verdict, value = self._run(
+        answer = self._run(
             "enqueue",
             [self.keys.job(job_id), self.keys.queued, self.keys.counts, idem_key, self.keys.queued_interactive],
             [
@@ -170,9 +152,17 @@ class Queue:
                 self.settings.idempotency_ttl_s,
                 self.keys.base,
                 job.priority,
-                *fields,
+                job.type,
+                job.tenant,
+                job.payload,
+                job.max_tries,
+                now_ms(),
+                compact_trace(job.trace),
             ],
         )
+        if answer == EnqueueVerdict.ACCEPTED:
+            return EnqueueResult(EnqueueVerdict.ACCEPTED, job_id)
+        verdict, value = answer
         if verdict == EnqueueVerdict.SHED:
             return EnqueueResult(EnqueueVerdict.SHED, "", int(value))
         return EnqueueResult(EnqueueVerdict(verdict), value)

@@ -148,12 +148,14 @@ end
 }
 
 
-# KEYS: job, queued, counts, idempotency, queued_interactive
+# KEYS: job, queued, counts, idempotency (the queue's base key when there is none), queued_interactive
 # ARGV: job_id, max_backlog, idempotency digest ('' = none), idempotency ttl_s, base, priority,
-#       field, value, ...
+#       type, tenant, payload, max_tries, created_ms, trace ('' = none)
+# Returns 'accepted' (for this call's job id), else {verdict, job id or backlog depth}: the
+# common answer is the shortest one.
 ENQUEUE = r"""
 -- the same call sent again (redis-py resends after a lost reply) finds its job already there
-if redis.call('EXISTS', KEYS[1]) == 1 then return {'accepted', ARGV[1]} end
+if redis.call('EXISTS', KEYS[1]) == 1 then return 'accepted' end
 if ARGV[3] ~= '' then
   local seen = redis.call('GET', KEYS[4])
   if seen then
@@ -171,17 +173,21 @@ if max_backlog > 0 then
     return {'shed', tostring(depth)}
   end
 end
-local fields = {}
-for i = 7, #ARGV do fields[#fields + 1] = ARGV[i] end
-redis.call('HSET', KEYS[1], unpack(fields))
+-- optional fields only when set: a small hash stays a listpack (memory per job)
+local job = {'type', ARGV[7], 'tenant', ARGV[8], 'status', 'queued', 'payload', ARGV[9],
+             'max_tries', ARGV[10], 'created_ms', ARGV[11]}
+if ARGV[12] ~= '' then job[#job + 1] = 'trace'; job[#job + 1] = ARGV[12] end
+if ARGV[6] == 'interactive' then job[#job + 1] = 'priority'; job[#job + 1] = 'interactive' end
+redis.call('HSET', KEYS[1], unpack(job))
 push_job(ARGV[5], ARGV[1], false, ARGV[6])
 redis.call('HINCRBY', KEYS[3], 'accepted', 1)
 redis.call('HINCRBY', KEYS[3], 'queued', 1)
 if ARGV[3] ~= '' then
   redis.call('SET', KEYS[4], ARGV[1] .. ' ' .. ARGV[3], 'EX', ARGV[4])
 end
-return {'accepted', ARGV[1]}
+return 'accepted'
 """
+
 
 # Taking also renews the worker's lease, so a processing list never exists without one.
 # Three take slots in four prefer interactive jobs; the fourth prefers batch, so neither
