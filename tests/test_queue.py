@@ -185,6 +185,19 @@ def test_the_last_slice_completes_the_job_with_results_in_slice_order(queue: Que
     assert queue.stats().balanced
 
 
+def test_a_job_of_thousands_of_slices_assembles_every_result_in_order(queue: Queue) -> None:
+    job_id = fan_out(queue, 2500)  # more outputs than one read takes, and than Lua can unpack
+    verdicts = []
+    while batch := queue.take_slices("w1", 500):
+        verdicts += [
+            queue.apply_outcome(job_id, s.slice, s.attempt, succeeded=True, result_json=str(s.slice))[0] for s in batch
+        ]
+
+    assert verdicts.count(OutcomeVerdict.COMPLETED) == 1 and len(verdicts) == 2500
+    record = queue.get(job_id)
+    assert record is not None and record.result == list(range(2500))
+
+
 def test_a_repeated_callback_changes_nothing(queue: Queue) -> None:
     job_id = fan_out(queue, 2)
     queue.take_slices("w1", 10)

@@ -11,6 +11,7 @@ import binascii
 import json
 import math
 import re
+import sys
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
@@ -30,10 +31,9 @@ MAX_JSON_DEPTH = 32
 # rather than guessed at.
 SINGLE_VALUED = frozenset({"content-type", "content-length", "idempotency-key", "authorization", "host"})
 _CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
-# A number a float cannot hold (past 1.8e308) needs a three-digit exponent or a run of 200
-# digits: 199 digits and a two-digit exponent stay below 1e299. A loose test: a match
-# anywhere, inside a string too, only sends the body to the careful parser.
-_HUGE_NUMBER = re.compile(rb"[eE][+-]?[0-9]{3}|[0-9]{200}")
+# json.loads refuses an integer longer than this (0: no limit); pydantic-core does not
+_INT_DIGITS = sys.get_int_max_str_digits() if hasattr(sys, "get_int_max_str_digits") else 0
+_TOO_LONG_INT = 10**_INT_DIGITS if _INT_DIGITS else 0
 
 
 class HttpError(OffloadError):
@@ -185,23 +185,38 @@ def _check_tree(data: Any) -> None:
 
 def parse_json(body: bytes) -> Any:
     """Strict JSON: UTF-8 only, no NaN/Infinity, numbers a float can hold, at most MAX_JSON_DEPTH deep."""
-    if _fast_parse_safe(body):
+    # pydantic-core's parser refuses what the careful one refuses (invalid UTF-8, NaN and
+    # Infinity, lone surrogates, control characters, trailing data) but for three things:
+    # it makes a number too large for a float infinite, takes integers of any length, and
+    # any depth. No more brackets than the depth limit rules out the last; a look at the
+    # numbers it made rules out the others. Anything else is the careful parser's to name.
+    if body.count(b"[") + body.count(b"{") <= MAX_JSON_DEPTH:
         try:
-            return from_json(body, allow_inf_nan=False)
+            data = from_json(body, allow_inf_nan=False)
         except ValueError:
-            pass  # the careful parser below names what is wrong
+            pass
+        else:
+            if _plain_numbers(data):
+                return data
     return _parse_json_carefully(body)
 
 
-def _fast_parse_safe(body: bytes) -> bool:
-    """Whether pydantic-core's parser gives what the careful one would for this body.
-
-    It refuses what that one refuses (invalid UTF-8, NaN and Infinity, lone surrogates,
-    control characters, trailing data), except two things it lets through: a number too
-    large for a float (it makes it infinite) and any depth. A body with no such number in
-    it and no more brackets than the depth limit cannot have either.
-    """
-    return body.count(b"[") + body.count(b"{") <= MAX_JSON_DEPTH and _HUGE_NUMBER.search(body) is None
+def _plain_numbers(data: Any) -> bool:
+    """No infinite float, no integer too long for json.loads, anywhere in ``data``."""
+    pending = [data]
+    while pending:
+        item = pending.pop()
+        kind = type(item)
+        if kind is dict:
+            pending.extend(item.values())
+        elif kind is list:
+            pending.extend(item)
+        elif kind is float:
+            if item in (math.inf, -math.inf):
+                return False
+        elif kind is int and _TOO_LONG_INT and not -_TOO_LONG_INT < item < _TOO_LONG_INT:
+            return False
+    return True
 
 
 def _parse_json_carefully(body: bytes) -> Any:

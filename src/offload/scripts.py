@@ -365,7 +365,7 @@ APPLY_OUTCOME = r"""
 local base, id, n, attempt, now = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[8]
 local jobkey = base .. ':job:' .. id
 local slices = base .. ':slices:' .. id
-local job = redis.call('HMGET', jobkey, 'status', 'type', 'tenant', 'created_ms', 'slices_total')
+local job = redis.call('HMGET', jobkey, 'status', 'type', 'tenant', 'created_ms', 'slices_total', 'error')
 local status = job[1]
 if not status then return {'unknown', '', '', '', ''} end
 local function answer(verdict, now_status) return {verdict, now_status, job[2], job[3], job[4] or ''} end
@@ -386,14 +386,22 @@ end
 redis.call('HSET', slices, n .. ':st', 'succeeded', n .. ':out', ARGV[6])
 redis.call('HINCRBY', KEYS[1], 'slices_succeeded', 1)
 local done = redis.call('HINCRBY', jobkey, 'slices_succeeded', 1)
-redis.call('HSET', jobkey, 'updated_ms', now)
 local total = tonumber(job[5])
-if done < total then return answer('applied', 'waiting') end
+if done < total then
+  redis.call('HSET', jobkey, 'updated_ms', now)
+  return answer('applied', 'waiting')
+end
+-- the slices' outputs in order, read a thousand at a time (unpack has a limit)
 local outs = {}
-for i = 0, total - 1 do outs[#outs + 1] = redis.call('HGET', slices, i .. ':out') end
+for first = 0, total - 1, 1000 do
+  local fields = {}
+  for i = first, math.min(first + 999, total - 1) do fields[#fields + 1] = i .. ':out' end
+  local chunk = redis.call('HMGET', slices, unpack(fields))
+  for i = 1, #fields do outs[#outs + 1] = chunk[i] end
+end
 redis.call('HSET', jobkey, 'status', 'succeeded', 'result', '[' .. table.concat(outs, ',') .. ']',
-           'finished_ms', now)
-redis.call('HDEL', jobkey, 'error')
+           'finished_ms', now, 'updated_ms', now)
+if job[6] then redis.call('HDEL', jobkey, 'error') end
 bump(KEYS[1], 'waiting', 'succeeded')
 expire_job(base, id, ARGV[10])
 return answer('completed', 'succeeded')

@@ -32,8 +32,10 @@ QUEUE = Queue(connect(SETTINGS, "api"), SETTINGS)
 METRICS = obs.new_metrics(SETTINGS)
 # Every key an invocation appends; forgetting them is all clear_state() would do here, at a
 # fraction of the cost.
-REQUEST_KEYS = ("correlation_id", "xray_trace_id", "job_id", "slice_id", "attempt", "job_type", "tenant")
+REQUEST_KEYS = ("correlation_id", "job_id", "slice_id", "attempt", "job_type", "tenant")
 _SECRET: str | None = None
+# made once: json.dumps with options builds an encoder per call
+_result_json = json.JSONEncoder(separators=(",", ":"), allow_nan=False).encode
 
 
 def _secret() -> str:
@@ -61,8 +63,6 @@ def on_request(event: dict[str, Any]) -> dict[str, Any]:
             raise HttpError(404, "not_found", f"no route for {request.method} {request.path or request.resource}")
         job_id = request.path_params.get("job_id", "")
         outcome = json_body(request, SliceOutcome, max_bytes=SETTINGS.max_body_bytes * 4)
-        if trace := request.header(obs.TRACE_HEADER):
-            logger.append_keys(xray_trace_id=obs.trace_root(trace))
         applied = apply(job_id, outcome)
     except HttpError as e:
         return error_response(e)
@@ -95,7 +95,7 @@ def apply(job_id: str, outcome: SliceOutcome) -> Outcome:
         outcome.slice,
         outcome.attempt,
         succeeded=succeeded,
-        result_json=json.dumps(outcome.result, separators=(",", ":"), allow_nan=False) if succeeded else "",
+        result_json=_result_json(outcome.result) if succeeded else "",
         reason=outcome.error or "the compute function reported a failure without a reason",
         retryable=outcome.retryable,
         backoff_ms=backoff_ms(outcome.attempt, SETTINGS.retry_base_s, SETTINGS.retry_max_s),
