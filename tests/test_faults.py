@@ -415,9 +415,10 @@ def test_a_lost_take_slices_reply_leaves_no_slice_undispatched(
     assert audit(direct.client, direct.keys, [job_id]).ok
 
 
-def test_a_lost_enqueue_reply_enqueues_the_job_once(own_redis: RedisServer) -> None:
+@pytest.mark.parametrize("backlog_limit", ["0", "1000"])  # the script spots a resend two ways
+def test_a_lost_enqueue_reply_enqueues_the_job_once(own_redis: RedisServer, backlog_limit: str) -> None:
     with Proxy(("127.0.0.1", own_redis.port)) as proxy:
-        queue = api_queue(proxy.url)
+        queue = api_queue(proxy.url, {"OFFLOAD_MAX_BACKLOG": backlog_limit})
         submit(queue, 0)  # loads the script
         proxy.lose_replies(match=scripts.SCRIPTS["enqueue"].sha.encode(), count=1)
 

@@ -65,7 +65,7 @@ class Request:
     headers: dict[str, str]  # names lower-cased; repeated headers joined with ", "
     body: bytes | None
     request_id: str
-    context: dict[str, Any] = field(default_factory=dict)
+    context: Mapping[str, Any] = field(default_factory=dict)  # the event's requestContext, not copied
 
     def header(self, name: str, default: str = "") -> str:
         return self.headers.get(name.lower(), default)
@@ -73,11 +73,12 @@ class Request:
 
 def _text(value: Any, what: str) -> str:
     """``value`` as text that can be sent on as UTF-8 (no lone surrogates, no CR/LF/NUL)."""
-    text = str(value)
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        raise HttpError(400, "bad_encoding", f"{what} is not valid UTF-8") from None
+    text = value if type(value) is str else str(value)
+    if not text.isascii():  # ASCII is UTF-8 already; only the rest can hold a lone surrogate
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError:
+            raise HttpError(400, "bad_encoding", f"{what} is not valid UTF-8") from None
     return text
 
 
@@ -95,12 +96,12 @@ def _headers(event: Mapping[str, Any]) -> dict[str, str]:
     wins: it has every value, ``headers`` only the last of each)."""
     values: dict[str, list[str]] = {}
     for name, items in _mapping(event, "multiValueHeaders").items():
-        for item in items if isinstance(items, list | tuple) else [items]:
-            if item is not None:
-                values.setdefault(str(name).lower(), []).append(str(item))
+        texts = [str(item) for item in (items if isinstance(items, list | tuple) else [items]) if item is not None]
+        if texts:
+            values.setdefault(str(name).lower(), []).extend(texts)
     for name, item in _mapping(event, "headers").items():
-        if item is not None and str(name).lower() not in values:
-            values[str(name).lower()] = [str(item)]
+        if item is not None:
+            values.setdefault(str(name).lower(), [str(item)])
     # every name and value checked in one pass (a tab is allowed, so it joins them); only a
     # request that fails is looked at header by header, to name the one at fault
     everything = "\t".join([*values, *(item for items in values.values() for item in items)])
@@ -115,10 +116,10 @@ def _headers(event: Mapping[str, Any]) -> dict[str, str]:
     headers: dict[str, str] = {}
     for name, items in values.items():
         if name in SINGLE_VALUED:
-            items = list(dict.fromkeys(item.strip() for item in items))
+            items = list(dict.fromkeys(item.strip() for item in items)) if len(items) > 1 else [items[0].strip()]
             if len(items) > 1:
                 raise HttpError(400, "repeated_header", f"header {name!r} is sent with {len(items)} different values")
-        headers[name] = ", ".join(items)
+        headers[name] = items[0] if len(items) == 1 else ", ".join(items)
     return headers
 
 
@@ -138,9 +139,12 @@ def parse_event(event: Mapping[str, Any]) -> Request:
         except (binascii.Error, ValueError):
             raise HttpError(400, "bad_encoding", "the body is flagged base64 but is not valid base64") from None
     else:
-        body = _text(raw, "the body").encode("utf-8")
+        try:
+            body = str(raw).encode("utf-8")
+        except UnicodeEncodeError:
+            raise HttpError(400, "bad_encoding", "the body is not valid UTF-8") from None
 
-    context = dict(_mapping(event, "requestContext"))
+    context = _mapping(event, "requestContext")
     params = _mapping(event, "pathParameters")
     return Request(
         method=_text(event.get("httpMethod") or "", "the method").upper(),
@@ -235,9 +239,14 @@ def _parse_json_carefully(body: bytes) -> Any:
 
 
 def json_body(request: Request, model: type[M], *, max_bytes: int) -> M:
-    """The body as ``model``: 415 for a non-JSON content type or a charset other than UTF-8
-    (a missing content type is taken as JSON), 400 for no body, 413 past ``max_bytes``,
-    400 for malformed JSON, 422 with field paths for the rest."""
+    """The body as ``model``: as ``json_document``, then 422 with field paths."""
+    return validate(model, json_document(request, max_bytes=max_bytes))
+
+
+def json_document(request: Request, *, max_bytes: int) -> Any:
+    """The body's JSON: 415 for a non-JSON content type or a charset other than UTF-8 (a
+    missing content type is taken as JSON), 400 for no body, 413 past ``max_bytes``, 400
+    for malformed JSON."""
     media_type, *parameters = request.header("content-type").split(";")
     content_type = media_type.strip().lower()
     if content_type and content_type not in JSON_TYPES and not content_type.endswith("+json"):
@@ -250,7 +259,7 @@ def json_body(request: Request, model: type[M], *, max_bytes: int) -> M:
         raise HttpError(400, "empty_body", "the request needs a JSON body")
     if len(request.body) > max_bytes:
         raise HttpError(413, "body_too_large", f"the body is {len(request.body)} bytes; the limit is {max_bytes}")
-    return validate(model, parse_json(request.body))
+    return parse_json(request.body)
 
 
 def validate(model: type[M], data: Any, *, prefix: tuple[str | int, ...] = ()) -> M:

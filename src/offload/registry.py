@@ -90,5 +90,9 @@ class Registry:
             known = ", ".join(sorted(self._types)) or "none"
             raise UnknownJobType(f"unknown job type {name!r} (known: {known})") from None
 
+    def find(self, name: object) -> JobType | None:
+        """The job type called ``name``, or None (for any name, even one that is not text)."""
+        return self._types.get(name) if type(name) is str else None
+
     def names(self) -> list[str]:
         return sorted(self._types)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import base64
-import hashlib
 import hmac
 import re
 import time
@@ -17,7 +16,7 @@ _TOKEN = re.compile(r"([0-9]{1,12})\.([A-Za-z0-9_-]{43})", re.ASCII)
 def _mac(secret: str, job_id: str, slice_index: int, attempt: int, expires: int) -> str:
     # backslashreplace: a job id that is not valid UTF-8 gets a MAC that matches nothing, not an error
     message = f"{job_id}/{slice_index}/{attempt}/{expires}".encode("utf-8", "backslashreplace")
-    digest = hmac.new(secret.encode(), message, hashlib.sha256).digest()
+    digest = hmac.digest(secret.encode(), message, "sha256")  # one C call (hmac.new is Python)
     return base64.urlsafe_b64encode(digest).rstrip(b"=").decode()
 
 

@@ -98,7 +98,7 @@ def apply(job_id: str, outcome: SliceOutcome) -> Outcome:
         result_json=_result_json(outcome.result) if succeeded else "",
         reason=outcome.error or "the compute function reported a failure without a reason",
         retryable=outcome.retryable,
-        backoff_ms=backoff_ms(outcome.attempt, SETTINGS.retry_base_s, SETTINGS.retry_max_s),
+        backoff_ms=0 if succeeded else backoff_ms(outcome.attempt, SETTINGS.retry_base_s, SETTINGS.retry_max_s),
     )
     logger.append_keys(job_type=applied.type or None, tenant=applied.tenant or None)
     _record(applied, outcome.error)
