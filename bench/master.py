@@ -16,6 +16,7 @@ from bench.common import (
     BenchError,
     counting_round_trips,
     load_event,
+    own_work_s,
     paired_rounds,
     per_call_s,
 )
@@ -50,6 +51,7 @@ def child(params: dict[str, Any]) -> dict[str, Any]:
         for _ in range(counted):
             submit()
     paired = paired_rounds(rounds, lambda _: per_call_s(submit, per_round), lambda: per_call_s(lpush, per_round))
+    own_s = own_work_s(master.QUEUE, "accepted", submit, per_round)
     client.delete(RAW_KEY)
 
     submitted = min(WARMUP, per_round) + counted + rounds * per_round
@@ -60,5 +62,6 @@ def child(params: dict[str, Any]) -> dict[str, Any]:
         **paired.as_dict(),
         "jobs_measured": rounds * per_round,
         "round_trips_per_job": writes[0] / counted,
+        "own_work_us": round(own_s * 1e6, 2),
         "payload_bytes": len(event["body"]),
     }

@@ -45,6 +45,9 @@ def test_every_benchmark_ran(quick_run: tuple[dict[str, Any], str]) -> None:
     assert {f["group"] for f in document["figures"]} == GROUPS
     assert set(document["results"]["worker"]) == {"offload", "arq", "rq"}
     assert set(document["results"]["coldstart"]) == {"master", "callback", "compute"}
+    for hot_path in ("master", "callback"):  # its own work (Redis stubbed) is less than the whole path
+        result = document["results"][hot_path]
+        assert 0 < result["own_work_us"] < result["path_us"], result
 
 
 @pytest.mark.slow
