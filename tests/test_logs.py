@@ -6,6 +6,7 @@ import io
 import logging
 import time
 from collections.abc import Callable
+from enum import StrEnum
 
 import pytest
 from aws_lambda_powertools.logging import Logger
@@ -14,6 +15,12 @@ from aws_lambda_powertools.logging.formatter import LambdaPowertoolsFormatter
 from offload.logs import LeanFormatter, LeanLogger, service_logger
 
 SERVICE = "offload-logs-test"
+
+
+class Verdict(StrEnum):
+    STALE = "stale"
+
+
 TRACE = "Root=1-5759e988-bd862e3fe1be46a994272793;Parent=53995c3f42cd8ad8;Sampled=1"
 
 
@@ -66,6 +73,10 @@ WRITERS: dict[str, Callable[[Logger], None]] = {
     "cleared state": lambda lg: (lg.append_keys(a=1), lg.clear_state(), lg.info("x")),
     "an unserializable extra": lambda lg: lg.info("x", extra={"when": ValueError("v"), "ids": {1, 2}}),
     "a unicode message": lambda lg: lg.info("café ☕ \u2028 done"),
+    "escapes in an extra": lambda lg: lg.info("x", extra={"error": 'a\nb\t"c"\\ \x01\x7f</script>'}),
+    "a lone surrogate": lambda lg: lg.info("x", extra={"path": "\udc80.png"}),
+    "numbers and flags": lambda lg: lg.info("x", extra={"n": 10**30, "ok": True, "no": False, "f": 1e16}),
+    "a str enum": lambda lg: lg.info("x", extra={"verdict": Verdict.STALE}),
     "a JSON message": lambda lg: lg.info('{"a": 1}'),
     "a JSON word": lambda lg: lg.info("true"),
     "a number": lambda lg: lg.info("42"),

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 from pydantic import BaseModel, ValidationError
-from pydantic_core import from_json
+from pydantic_core import from_json, to_json
 
 from offload.errors import OffloadError
 
@@ -84,6 +84,8 @@ def _text(value: Any, what: str) -> str:
 
 def _mapping(event: Mapping[str, Any], name: str) -> Mapping[str, Any]:
     value = event.get(name)
+    if type(value) is dict:  # what Lambda hands over; the ABC check below is slow
+        return value
     if value is None:
         return {}
     if not isinstance(value, Mapping):
@@ -96,12 +98,18 @@ def _headers(event: Mapping[str, Any]) -> dict[str, str]:
     wins: it has every value, ``headers`` only the last of each)."""
     values: dict[str, list[str]] = {}
     for name, items in _mapping(event, "multiValueHeaders").items():
-        texts = [str(item) for item in (items if isinstance(items, list | tuple) else [items]) if item is not None]
+        if type(items) is not list and not isinstance(items, tuple):
+            items = [items]
+        texts = [item if type(item) is str else str(item) for item in items if item is not None]
         if texts:
-            values.setdefault(str(name).lower(), []).extend(texts)
+            key = str(name).lower()
+            if key in values:
+                values[key] += texts
+            else:
+                values[key] = texts
     for name, item in _mapping(event, "headers").items():
         if item is not None:
-            values.setdefault(str(name).lower(), [str(item)])
+            values.setdefault(str(name).lower(), [item if type(item) is str else str(item)])
     # every name and value checked in one pass (a tab is allowed, so it joins them); only a
     # request that fails is looked at header by header, to name the one at fault
     everything = "\t".join([*values, *(item for items in values.values() for item in items)])
@@ -285,7 +293,7 @@ def field_errors(error: ValidationError, prefix: tuple[str | int, ...] = ()) -> 
 def respond(
     status: int, body: BaseModel | Mapping[str, Any], headers: Mapping[str, str] | None = None
 ) -> dict[str, Any]:
-    text = body.model_dump_json() if isinstance(body, BaseModel) else json.dumps(body)
+    text = body.model_dump_json() if isinstance(body, BaseModel) else to_json(body).decode()
     return {
         "statusCode": status,
         "headers": {"Content-Type": "application/json", **(headers or {})},

@@ -26,6 +26,7 @@ from typing import Any
 
 from aws_lambda_powertools.logging import Logger
 from aws_lambda_powertools.logging.formatter import RESERVED_LOG_ATTRS, LambdaPowertoolsFormatter
+from pydantic_core import PydanticSerializationError, to_json
 
 # No log line of ours shows the process, thread or task, so records need not look them up
 # (the logging HOWTO's "Optimization"): one getpid() system call fewer per line.
@@ -42,6 +43,7 @@ _NOT_EXTRAS = _RESERVED | frozenset(logging.LogRecord("", 0, "", 0, "", None, No
 _JSON_STARTS = frozenset('{["-0123456789')
 _JSON_WORDS = frozenset(("true", "false", "null"))
 _TRACE_ENV = "_X_AMZN_TRACE_ID"
+_PLAIN_JSON_TYPES = frozenset((str, int, bool))
 
 
 class LeanFormatter(LambdaPowertoolsFormatter):
@@ -54,6 +56,8 @@ class LeanFormatter(LambdaPowertoolsFormatter):
             default=self.json_default, separators=(",", ":"), indent=self.json_indent, ensure_ascii=False
         )
         self.json_serializer = encoder.encode
+        # compact lines with the default serialization (not POWERTOOLS_DEV's indented ones)
+        self._plain_json = self.json_indent is None and not {"json_serializer", "json_default"} & kwargs.keys()
         self._second = -1
         self._second_text = ("", "")
         self._trace_raw: str | None = None
@@ -106,7 +110,13 @@ class LeanFormatter(LambdaPowertoolsFormatter):
         if self.serialize_stacktrace:
             line.pop("stack_trace", None)
         line["xray_trace_id"] = None if self.log_format.get("xray_trace_id", "") is None else self._trace()
-        return self.serialize({k: v for k, v in line.items() if v is not None})
+        clean = {k: v for k, v in line.items() if v is not None}
+        if self._plain_json and {type(v) for v in clean.values()} <= _PLAIN_JSON_TYPES:
+            try:  # pydantic-core writes these exactly as json.dumps does, in a third of the time
+                return to_json(clean).decode()
+            except PydanticSerializationError:  # a lone surrogate: json.dumps writes it as it is
+                pass
+        return self.serialize(clean)
 
     def formatTime(self, record: logging.LogRecord, datefmt: str | None = None) -> str:
         if datefmt or self.datefmt or self.use_rfc3339_iso8601:

@@ -7,11 +7,11 @@ when the compute function itself failed. Both carry the slice's callback token.
 
 from __future__ import annotations
 
-import json
 import time
 from typing import Any
 
 from pydantic import ValidationError
+from pydantic_core import to_json
 
 from offload import observability as obs
 from offload import tokens
@@ -34,8 +34,11 @@ METRICS = obs.new_metrics(SETTINGS)
 # fraction of the cost.
 REQUEST_KEYS = ("correlation_id", "job_id", "slice_id", "attempt", "job_type", "tenant")
 _SECRET: str | None = None
-# made once: json.dumps with options builds an encoder per call
-_result_json = json.JSONEncoder(separators=(",", ":"), allow_nan=False).encode
+
+
+def _result_json(result: Any) -> str:
+    """The slice's result as compact JSON (it came from parse_json: finite numbers only)."""
+    return to_json(result).decode()
 
 
 def _secret() -> str:

@@ -139,8 +139,7 @@ def submit(request: Request) -> dict[str, Any]:
     )
     job = QUEUE.get(result.job_id) if result.verdict == EnqueueVerdict.DUPLICATE else None
     status_now = job.status if job else Status.QUEUED
-    answer = JobAccepted.model_construct(job_id=result.job_id, status=status_now, location=location)  # our values
-    return respond(202, answer, headers)
+    return respond(202, JobAccepted(job_id=result.job_id, status=status_now, location=location), headers)
 
 
 def job_request(data: Any) -> tuple[JobRequest, BaseModel, JobType]:
