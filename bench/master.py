@@ -8,6 +8,8 @@ handler's own Redis client, measured in rounds alternating with the handler's.
 
 from __future__ import annotations
 
+import json
+import os
 from typing import Any
 
 from bench.common import (
@@ -28,6 +30,7 @@ COUNTED = 100
 def child(params: dict[str, Any]) -> dict[str, Any]:
     from offload.lambdas import master  # reads the environment the parent gave us
     from offload.local.context import LocalContext
+    from offload.queue import NewJob
 
     rounds, jobs = int(params["rounds"]), int(params["jobs"])
     per_round = max(1, jobs // rounds)
@@ -52,9 +55,25 @@ def child(params: dict[str, Any]) -> dict[str, Any]:
             submit()
     paired = paired_rounds(rounds, lambda _: per_call_s(submit, per_round), lambda: per_call_s(lpush, per_round))
     own_s = own_work_s(master.QUEUE, "accepted", submit, per_round)
+
+    # the floor: the same job enqueued by the queue call alone (no event, validation or log)
+    body = json.loads(event["body"])
+    job = NewJob(
+        type=body["type"],
+        payload=json.dumps(body["payload"], separators=(",", ":")),
+        tenant=event["requestContext"]["identity"]["userArn"],
+        max_tries=3,
+        trace=os.environ.get("_X_AMZN_TRACE_ID", ""),
+    )
+    script_rounds = max(1, rounds // 5)
+    script_only = paired_rounds(
+        script_rounds,
+        lambda _: per_call_s(lambda: master.QUEUE.enqueue(job), per_round),
+        lambda: per_call_s(lpush, per_round),
+    )
     client.delete(RAW_KEY)
 
-    submitted = min(WARMUP, per_round) + counted + rounds * per_round
+    submitted = min(WARMUP, per_round) + counted + (rounds + script_rounds) * per_round
     accepted = int(client.hget(master.QUEUE.keys.counts, "accepted") or 0)  # type: ignore[arg-type]
     if accepted != submitted:
         raise BenchError(f"{submitted} jobs submitted but {accepted} accepted")
@@ -63,5 +82,6 @@ def child(params: dict[str, Any]) -> dict[str, Any]:
         "jobs_measured": rounds * per_round,
         "round_trips_per_job": writes[0] / counted,
         "own_work_us": round(own_s * 1e6, 2),
+        "script_only": script_only.as_dict(),
         "payload_bytes": len(event["body"]),
     }

@@ -79,6 +79,19 @@ def own_work_row(group: str, r: dict[str, Any]) -> Figure:
     )
 
 
+def script_only_row(group: str, script: str, r: dict[str, Any]) -> Figure:
+    """The path's one script call made alone, against the LPUSH: the floor under the ratio."""
+    floor = r["script_only"]
+    return Figure(
+        group,
+        f"{script} script call alone, through Queue (informational: the floor)",
+        floor["path_us"],
+        "µs",
+        f"raw LPUSH {floor['raw_lpush_us']:.1f} µs",
+        floor["ratio"],
+    )
+
+
 def figures(results: dict[str, Any]) -> list[Figure]:
     rows: list[Figure] = []
     if "master" in results:
@@ -97,7 +110,7 @@ def figures(results: dict[str, Any]) -> list[Figure]:
             Figure("1. Master", "Redis round trips per accepted job", m["round_trips_per_job"], "", "", None, "==", 1),
         ]
         if "own_work_us" in m:
-            rows.append(own_work_row("1. Master", m))
+            rows += [own_work_row("1. Master", m), script_only_row("1. Master", "the enqueue", m)]
     if "worker" in results:
         w = results["worker"]
         ours = w["offload"]["jobs_per_s"]
@@ -133,7 +146,7 @@ def figures(results: dict[str, Any]) -> list[Figure]:
             Figure("3. Callback", "Redis round trips per outcome", c["round_trips_per_outcome"], "", "", None, "==", 1),
         ]
         if "own_work_us" in c:
-            rows.append(own_work_row("3. Callback", c))
+            rows += [own_work_row("3. Callback", c), script_only_row("3. Callback", "the apply-outcome", c)]
     if "fanout" in results:
         f = results["fanout"]
         runs = sorted(f["runs"], key=lambda r: r["latency_ms"])
