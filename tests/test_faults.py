@@ -415,7 +415,7 @@ def test_a_lost_take_slices_reply_leaves_no_slice_undispatched(
     assert audit(direct.client, direct.keys, [job_id]).ok
 
 
-@pytest.mark.parametrize("backlog_limit", ["0", "1000"])  # the script spots a resend two ways
+@pytest.mark.parametrize("backlog_limit", ["0", "1000"])  # with and without the backlog check
 def test_a_lost_enqueue_reply_enqueues_the_job_once(own_redis: RedisServer, backlog_limit: str) -> None:
     with Proxy(("127.0.0.1", own_redis.port)) as proxy:
         queue = api_queue(proxy.url, {"OFFLOAD_MAX_BACKLOG": backlog_limit})

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import json
 
+import pytest
 import redis
 
+from offload import scripts
 from offload.jobs import Status
 from offload.queue import EnqueueVerdict, NewJob, OutcomeVerdict, Queue
 
@@ -196,6 +198,26 @@ def test_a_job_of_thousands_of_slices_assembles_every_result_in_order(queue: Que
     assert verdicts.count(OutcomeVerdict.COMPLETED) == 1 and len(verdicts) == 2500
     record = queue.get(job_id)
     assert record is not None and record.result == list(range(2500))
+
+
+@pytest.mark.parametrize("later", ["taken", "finished"])
+def test_an_enqueue_sent_again_after_the_job_moved_on_changes_nothing(
+    queue: Queue, later: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    sent: list[scripts.ScriptCall] = []
+    real_run = scripts.run
+    monkeypatch.setattr(scripts, "run", lambda client, call: (sent.append(call), real_run(client, call))[1])
+    job_id = queue.enqueue(NewJob(type="echo", payload="{}", tenant="t", max_tries=3)).job_id
+    [job], _ = queue.take("w1", 1)
+    if later == "finished":
+        queue.take("w1", 0, acks=[queue.finish_call("w1", job.job_id, "{}")])
+    before = queue.get(job_id)
+
+    assert real_run(queue.client, sent[0]) == "accepted"  # what redis-py resends after a lost reply
+
+    after = queue.get(job_id)
+    assert before is not None and after is not None and after.status == before.status
+    assert queue.client.llen(queue.keys.queued) == 0 and queue.stats().balanced
 
 
 def test_a_repeated_callback_changes_nothing(queue: Queue) -> None:

@@ -154,12 +154,9 @@ end
 # Returns 'accepted' (for this call's job id), else {verdict, job id or backlog depth}: the
 # common answer is the shortest one.
 ENQUEUE = r"""
--- The same call sent again (redis-py resends after a lost reply) must not push its job
--- twice. With an idempotency key or a backlog limit the checks below would answer it
--- wrongly (duplicate, shed), so it is recognised first; else HSET's count of new fields
--- (none: the job is there already) recognises it, saving a read.
-local guarded = ARGV[3] ~= '' or tonumber(ARGV[2]) > 0
-if guarded and redis.call('EXISTS', KEYS[1]) == 1 then return 'accepted' end
+-- The same call sent again (redis-py resends after a lost reply) finds its job already
+-- there, and must change nothing: by then a worker may have taken it, or finished it.
+if redis.call('EXISTS', KEYS[1]) == 1 then return 'accepted' end
 if ARGV[3] ~= '' then
   local seen = redis.call('GET', KEYS[4])
   if seen then
@@ -182,7 +179,7 @@ local job = {'type', ARGV[7], 'tenant', ARGV[8], 'status', 'queued', 'payload', 
              'max_tries', ARGV[10], 'created_ms', ARGV[11]}
 if ARGV[12] ~= '' then job[#job + 1] = 'trace'; job[#job + 1] = ARGV[12] end
 if ARGV[6] == 'interactive' then job[#job + 1] = 'priority'; job[#job + 1] = 'interactive' end
-if redis.call('HSET', KEYS[1], unpack(job)) == 0 then return 'accepted' end
+redis.call('HSET', KEYS[1], unpack(job))
 push_job(ARGV[5], ARGV[1], false, ARGV[6])
 redis.call('HINCRBY', KEYS[3], 'accepted', 1)
 redis.call('HINCRBY', KEYS[3], 'queued', 1)
