@@ -9,6 +9,7 @@ one in ``slices_per_job`` completes its job (the result is assembled in the same
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 from typing import TYPE_CHECKING, Any
@@ -20,7 +21,7 @@ from bench.common import (
     BenchError,
     counting_round_trips,
     load_event,
-    own_work_s,
+    own_work,
     paired_rounds,
     per_call_s,
     per_item_s,
@@ -123,8 +124,8 @@ def child(params: dict[str, Any]) -> dict[str, Any]:
     paired = paired_rounds(rounds, path, lambda: per_call_s(lpush, per_round))
     # the reply of an outcome that did not complete its job, for every call (nothing changes)
     reply = ["applied", "waiting", "thumbnail", "tenant-0", "1"]
-    replayed = iter(measured * 2)
-    own_s = own_work_s(callback.QUEUE, reply, lambda: apply_quietly(next(replayed)), min(per_round, len(measured)))
+    replayed = itertools.cycle(measured)
+    own = own_work(callback.QUEUE, reply, lambda: apply_quietly(next(replayed)), min(per_round, len(measured)))
 
     # the floor: outcomes of the same kind applied by the queue call alone (no event, token, log)
     def outcome_call(event: dict[str, Any]) -> tuple[str, int, int, str]:
@@ -149,7 +150,8 @@ def child(params: dict[str, Any]) -> dict[str, Any]:
         **paired.as_dict(),
         "outcomes_measured": rounds * per_round,
         "round_trips_per_outcome": writes[0] / counted,
-        "own_work_us": round(own_s * 1e6, 2),
+        "own_work_us": round(own.warm_s * 1e6, 2),
+        "own_work_after_wait_us": round(own.after_wait_s * 1e6, 2),
         "script_only": script_only.as_dict(),
         "slices_per_job": per_job,
         "verdicts": verdicts,

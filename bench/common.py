@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
@@ -212,13 +214,42 @@ class StubRedis:
         return self.reply
 
 
-def own_work_s(queue: Any, reply: Any, call: Callable[[], object], n: int, rounds: int = 5) -> float:
-    """Median seconds per ``call()`` over ``rounds`` of ``n``, with ``queue``'s client a StubRedis."""
+@dataclass(frozen=True)
+class OwnWork:
+    warm_s: float  # per call, calls back to back
+    after_wait_s: float  # per call, each after a blocking wait on a loopback socket
+
+
+def own_work(queue: Any, reply: Any, call: Callable[[], object], n: int, rounds: int = 5) -> OwnWork:
+    """A handler's own work, with ``queue``'s client a StubRedis: in a warm loop, and with each
+    call after a blocking ping-pong with a thread on a socket pair (the ping-pong's own time
+    taken off), as the real path runs after each round trip."""
+    left, right = socket.socketpair()
+
+    def echo() -> None:
+        while data := right.recv(16):
+            right.sendall(data)
+
+    def ping() -> None:
+        left.sendall(b"p")
+        left.recv(16)
+
+    def ping_then_call() -> None:
+        ping()
+        call()
+
+    threading.Thread(target=echo, daemon=True).start()
     real, queue.client = queue.client, StubRedis(reply)
     try:
-        return statistics.median(per_call_s(call, n) for _ in range(rounds))
+        warm, after, pings = [], [], []
+        for _ in range(rounds):
+            warm.append(per_call_s(call, n))
+            after.append(per_call_s(ping_then_call, n))
+            pings.append(per_call_s(ping, n))
     finally:
         queue.client = real
+        left.close()
+    return OwnWork(statistics.median(warm), statistics.median(after) - statistics.median(pings))
 
 
 # -- round trips -------------------------------------------------------------------------

@@ -79,6 +79,19 @@ def own_work_row(group: str, r: dict[str, Any]) -> Figure:
     )
 
 
+def after_wait_row(group: str, r: dict[str, Any]) -> Figure:
+    """The same own work, each call right after a blocking wait on a socket: how much slower
+    the same Python runs once the CPU has waited, as it does after every round trip."""
+    return Figure(
+        group,
+        "the same own work, each call after a blocking socket wait (informational)",
+        r["own_work_after_wait_us"],
+        "µs",
+        f"warm {r['own_work_us']:.1f} µs",
+        r["own_work_after_wait_us"] / r["own_work_us"],
+    )
+
+
 def script_only_row(group: str, script: str, r: dict[str, Any]) -> Figure:
     """The path's one script call made alone, against the LPUSH: the floor under the ratio."""
     floor = r["script_only"]
@@ -110,7 +123,11 @@ def figures(results: dict[str, Any]) -> list[Figure]:
             Figure("1. Master", "Redis round trips per accepted job", m["round_trips_per_job"], "", "", None, "==", 1),
         ]
         if "own_work_us" in m:
-            rows += [own_work_row("1. Master", m), script_only_row("1. Master", "the enqueue", m)]
+            rows += [
+                own_work_row("1. Master", m),
+                after_wait_row("1. Master", m),
+                script_only_row("1. Master", "the enqueue", m),
+            ]
     if "worker" in results:
         w = results["worker"]
         ours = w["offload"]["jobs_per_s"]
@@ -146,7 +163,11 @@ def figures(results: dict[str, Any]) -> list[Figure]:
             Figure("3. Callback", "Redis round trips per outcome", c["round_trips_per_outcome"], "", "", None, "==", 1),
         ]
         if "own_work_us" in c:
-            rows += [own_work_row("3. Callback", c), script_only_row("3. Callback", "the apply-outcome", c)]
+            rows += [
+                own_work_row("3. Callback", c),
+                after_wait_row("3. Callback", c),
+                script_only_row("3. Callback", "the apply-outcome", c),
+            ]
     if "fanout" in results:
         f = results["fanout"]
         runs = sorted(f["runs"], key=lambda r: r["latency_ms"])

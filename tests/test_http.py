@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from offload.http import MAX_JSON_DEPTH, HttpError, _parse_json_carefully, parse_json
+from offload.http import MAX_JSON_DEPTH, HttpError, _headers, _headers_one_by_one, _parse_json_carefully, parse_json
 
 
 def outcome(parse: Any, body: bytes) -> tuple[str, str]:
@@ -78,6 +78,11 @@ def test_damaged_bytes_get_the_same_answer_both_ways(noise: bytes, at: int) -> N
         b'\xef\xbb\xbf{"a": 1}',
         b'{"a": "\x01"}',
         b'{"a": 1, "b": 2, "a": 3}',
+        b'{"a":1e400,"a":0}',  # a repeated key hides an out-of-range number from the parsed value
+        b'{"a":-1e999,"a":null}',
+        b'{"a" :1e400, "a":0}',
+        b'{"a":1e400,"a":0,"b":"\\":"}',
+        b'{"a\\":":1}',
         b'{"a": 1} x',
         b"[" * MAX_JSON_DEPTH + b"]" * MAX_JSON_DEPTH,
         b"[" * (MAX_JSON_DEPTH + 1) + b"]" * (MAX_JSON_DEPTH + 1),
@@ -87,3 +92,61 @@ def test_damaged_bytes_get_the_same_answer_both_ways(noise: bytes, at: int) -> N
 )
 def test_the_edges_of_json_parse_the_same_both_ways(body: bytes) -> None:
     assert_same(body)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.lists(
+        st.tuples(st.sampled_from(["a", "b", 'c\\"']), st.sampled_from(["1e400", "-1e999", "0", "1.5", '"x"'])),
+        min_size=1,
+        max_size=5,
+    ),
+    st.sampled_from([":", ": ", " :"]),
+)
+def test_repeated_keys_get_the_same_answer_both_ways(pairs: list[tuple[str, str]], colon: str) -> None:
+    body = "{" + ",".join(f'"{key}"{colon}{value}' for key, value in pairs) + "}"
+    assert_same(body.encode())
+
+
+HEADER_EVENTS = [
+    {"multiValueHeaders": {"X-Foo": ["\ud800"]}},
+    {"multiValueHeaders": {"A": ["ok"], "B": ["\ud800"], "a": ["\ud800"]}},
+    {"multiValueHeaders": {"Content-Type": ["a", "b"], "X": ["\x01"]}},
+    {"multiValueHeaders": {"X": ["\x01"], "Content-Type": ["a", "b"]}},
+    {"headers": {"Host": "h\r\nx"}, "multiValueHeaders": {"Host": ["ok"]}},
+    {"headers": {"X-Caf\u00e9": "ok", "Idempotency-Key": " k "}},
+    {"multiValueHeaders": {"Idempotency-Key": [" k ", "k"], "X": [None, 3]}},
+    {"multiValueHeaders": {"Idempotency-Key": ["k", "j"]}},
+]
+
+
+@pytest.mark.parametrize("event", HEADER_EVENTS)
+def test_headers_read_in_one_pass_answer_as_header_by_header(event: dict[str, Any]) -> None:
+    def read(parse: Any) -> Any:
+        try:
+            return parse(event)
+        except HttpError as e:
+            return (e.error, e.message)
+
+    assert read(_headers) == read(_headers_one_by_one)
+
+
+header_names = st.sampled_from(["Host", "host", "Content-Type", "X-Trace", "x-trace", "Idempotency-Key"])
+header_values = st.one_of(st.none(), st.integers(0, 9), st.text(alphabet=" ab\t\r\x01é\ud800", max_size=4))
+
+
+@settings(max_examples=500, deadline=None)
+@given(
+    st.dictionaries(header_names, st.one_of(header_values, st.lists(header_values, max_size=3)), max_size=4),
+    st.dictionaries(header_names, header_values, max_size=4),
+)
+def test_any_headers_read_the_same_in_one_pass(multi: dict[str, Any], single: dict[str, Any]) -> None:
+    event = {"multiValueHeaders": multi, "headers": single}
+
+    def read(parse: Any) -> Any:
+        try:
+            return parse(event)
+        except HttpError as e:
+            return (e.error, e.message)
+
+    assert read(_headers) == read(_headers_one_by_one)

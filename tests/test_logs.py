@@ -21,6 +21,21 @@ class Verdict(StrEnum):
     STALE = "stale"
 
 
+class Text(str):
+    pass
+
+
+class Unprintable:
+    def __str__(self) -> str:
+        raise RuntimeError("no")
+
+
+def circular() -> list[object]:
+    loop: list[object] = []
+    loop.append(loop)
+    return loop
+
+
 TRACE = "Root=1-5759e988-bd862e3fe1be46a994272793;Parent=53995c3f42cd8ad8;Sampled=1"
 
 
@@ -79,6 +94,16 @@ WRITERS: dict[str, Callable[[Logger], None]] = {
     "a str enum": lambda lg: lg.info("x", extra={"verdict": Verdict.STALE}),
     "a JSON message": lambda lg: lg.info('{"a": 1}'),
     "a JSON word": lambda lg: lg.info("true"),
+    "JSON with white space": lambda lg: (lg.info(" 42"), lg.info("true "), lg.info('\n{"a": 1}')),
+    "NaN and Infinity": lambda lg: (lg.info("NaN"), lg.info("Infinity"), lg.info("-Infinity")),
+    "a message that is not JSON": lambda lg: lg.info("Now done; 3 left"),
+    "a key that is not text": lambda lg: lg.info("x", extra={1: "a"}),
+    "a circular extra": lambda lg: lg.info("x", extra={"loop": circular()}),
+    "an extra that cannot be printed": lambda lg: lg.info("x", extra={"bad": Unprintable()}),
+    "a reserved key that is no template": lambda lg: (lg.append_keys(timestamp=123), lg.info("x")),
+    "a template in a str subclass": lambda lg: (lg.append_keys(location=Text("%(funcName)s:%(lineno)d")), lg.info("x")),
+    "stacklevel 1": lambda lg: lg.info("x", stacklevel=1),
+    "stacklevel 3": lambda lg: lg.info("x", stacklevel=3),
     "a number": lambda lg: lg.info("42"),
     "a dict message": lambda lg: lg.info({"a": 1}),
     "arguments": lambda lg: lg.info("took %d ms", 5),
@@ -153,3 +178,35 @@ def test_a_second_handler_sees_every_line(monkeypatch: pytest.MonkeyPatch) -> No
 def test_service_loggers_do_not_propagate_to_the_root_logger() -> None:
     logger = service_logger("offload-logs-test-service")
     assert isinstance(logger, LeanLogger) and logger._logger.propagate is False
+
+
+class FailingFlush(io.StringIO):
+    def flush(self) -> None:
+        raise OSError("the pipe is gone")
+
+
+def test_a_stream_that_fails_gets_the_line_once_and_the_error_on_stderr(capsys: pytest.CaptureFixture[str]) -> None:
+    stream = FailingFlush()
+    logging.Logger.manager.loggerDict.pop(SERVICE, None)
+    logger = LeanLogger(service=SERVICE, logger_formatter=LeanFormatter(), stream=stream)
+    logger._logger.propagate = False
+
+    logger.info("job accepted")
+
+    assert stream.getvalue().count("job accepted") == 1 and "OSError: the pipe is gone" in capsys.readouterr().err
+
+
+def test_the_lean_clock_never_runs_ahead_of_the_second(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(time, "time_ns", lambda: 1_796_342_400_999_999_990)
+    [line] = lines_from(LeanFormatter(), WRITERS["plain"], LeanLogger, freeze=False)
+    second = time.localtime(1_796_342_400)  # Powertools' default clock is local time
+    stamp = f"{time.strftime('%Y-%m-%d %H:%M:%S', second)},999{time.strftime('%z', second)}"
+    assert f'"timestamp":"{stamp}"' in line
+
+
+def test_a_callers_own_serializer_is_used() -> None:
+    def serializer(log: object) -> str:
+        return "custom"
+
+    ours = lines_from(LeanFormatter(json_serializer=serializer), WRITERS["extras"], LeanLogger)
+    assert ours == lines_from(LambdaPowertoolsFormatter(json_serializer=serializer), WRITERS["extras"]) == ["custom"]

@@ -31,6 +31,8 @@ MAX_JSON_DEPTH = 32
 # rather than guessed at.
 SINGLE_VALUED = frozenset({"content-type", "content-length", "idempotency-key", "authorization", "host"})
 _CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
+# a key with white space before its colon: the count of keys below could not see it
+_SPACED_KEY = re.compile(rb'"[ \t\r\n]+:')
 # json.loads refuses an integer longer than this (0: no limit); pydantic-core does not
 _INT_DIGITS = sys.get_int_max_str_digits() if hasattr(sys, "get_int_max_str_digits") else 0
 _TOO_LONG_INT = 10**_INT_DIGITS if _INT_DIGITS else 0
@@ -110,17 +112,12 @@ def _headers(event: Mapping[str, Any]) -> dict[str, str]:
     for name, item in _mapping(event, "headers").items():
         if item is not None:
             values.setdefault(str(name).lower(), [item if type(item) is str else str(item)])
-    # every name and value checked in one pass (a tab is allowed, so it joins them); only a
-    # request that fails is looked at header by header, to name the one at fault
+    # Every name and value checked in one pass (a tab is allowed, so it joins them). A request
+    # with anything to refuse goes header by header instead, so the error names the same
+    # header, in the same words, as it always has.
     everything = "\t".join([*values, *(item for items in values.values() for item in items)])
-    if not everything.isascii():
-        for name, items in values.items():
-            for item in items:
-                _text(item, f"header {name}")
-    if _CONTROL.search(everything):
-        for name, items in values.items():
-            if _CONTROL.search(name) or any(_CONTROL.search(item) for item in items):
-                raise HttpError(400, "bad_header", f"header {name!r} contains a control character")
+    if not everything.isascii() or _CONTROL.search(everything):
+        return _headers_one_by_one(event)
     headers: dict[str, str] = {}
     for name, items in values.items():
         if name in SINGLE_VALUED:
@@ -128,6 +125,27 @@ def _headers(event: Mapping[str, Any]) -> dict[str, str]:
             if len(items) > 1:
                 raise HttpError(400, "repeated_header", f"header {name!r} is sent with {len(items)} different values")
         headers[name] = items[0] if len(items) == 1 else ", ".join(items)
+    return headers
+
+
+def _headers_one_by_one(event: Mapping[str, Any]) -> dict[str, str]:
+    values: dict[str, list[str]] = {}
+    for name, items in _mapping(event, "multiValueHeaders").items():
+        for item in items if isinstance(items, list | tuple) else [items]:
+            if item is not None:
+                values.setdefault(str(name).lower(), []).append(_text(item, f"header {name}"))
+    for name, item in _mapping(event, "headers").items():
+        if item is not None and str(name).lower() not in values:
+            values[str(name).lower()] = [_text(item, f"header {name}")]
+    headers: dict[str, str] = {}
+    for name, items in values.items():
+        if _CONTROL.search(name) or any(_CONTROL.search(item) for item in items):
+            raise HttpError(400, "bad_header", f"header {name!r} contains a control character")
+        if name in SINGLE_VALUED:
+            items = list(dict.fromkeys(item.strip() for item in items))
+            if len(items) > 1:
+                raise HttpError(400, "repeated_header", f"header {name!r} is sent with {len(items)} different values")
+        headers[name] = ", ".join(items)
     return headers
 
 
@@ -201,34 +219,40 @@ def parse_json(body: bytes) -> Any:
     # Infinity, lone surrogates, control characters, trailing data) but for three things:
     # it makes a number too large for a float infinite, takes integers of any length, and
     # any depth. No more brackets than the depth limit rules out the last; a look at the
-    # numbers it made rules out the others. Anything else is the careful parser's to name.
-    if body.count(b"[") + body.count(b"{") <= MAX_JSON_DEPTH:
+    # numbers it made rules out the others, provided it kept every number: a repeated key
+    # drops the earlier value, so the keys it made must be as many as the body's `":`
+    # (a string holding `":` only sends the body to the careful parser). Anything else is
+    # the careful parser's to name.
+    if body.count(b"[") + body.count(b"{") <= MAX_JSON_DEPTH and _SPACED_KEY.search(body) is None:
         try:
             data = from_json(body, allow_inf_nan=False)
         except ValueError:
             pass
         else:
-            if _plain_numbers(data):
+            if _plain_numbers_and_keys(data) == body.count(b'":'):
                 return data
     return _parse_json_carefully(body)
 
 
-def _plain_numbers(data: Any) -> bool:
-    """No infinite float, no integer too long for json.loads, anywhere in ``data``."""
+def _plain_numbers_and_keys(data: Any) -> int:
+    """How many keys ``data`` holds, or -1 if it holds an infinite float or an integer too
+    long for json.loads."""
+    keys = 0
     pending = [data]
     while pending:
         item = pending.pop()
         kind = type(item)
         if kind is dict:
+            keys += len(item)
             pending.extend(item.values())
         elif kind is list:
             pending.extend(item)
         elif kind is float:
             if item in (math.inf, -math.inf):
-                return False
+                return -1
         elif kind is int and _TOO_LONG_INT and not -_TOO_LONG_INT < item < _TOO_LONG_INT:
-            return False
-    return True
+            return -1
+    return keys
 
 
 def _parse_json_carefully(body: bytes) -> Any:

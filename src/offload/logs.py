@@ -28,19 +28,13 @@ from aws_lambda_powertools.logging import Logger
 from aws_lambda_powertools.logging.formatter import RESERVED_LOG_ATTRS, LambdaPowertoolsFormatter
 from pydantic_core import PydanticSerializationError, to_json
 
-# No log line of ours shows the process, thread or task, so records need not look them up
-# (the logging HOWTO's "Optimization"): one getpid() system call fewer per line.
-logging.logProcesses = False
-logging.logThreads = False
-logging.logMultiprocessing = False
-logging.logAsyncioTasks = False  # type: ignore[attr-defined,unused-ignore]  # Python 3.12+
-
 _RESERVED = frozenset(RESERVED_LOG_ATTRS)
 # Keys an extra may not use: the standard library refuses the record's own attributes
 # (KeyError), and Powertools drops its reserved keys. Such a line takes the usual path.
 _NOT_EXTRAS = _RESERVED | frozenset(logging.LogRecord("", 0, "", 0, "", None, None).__dict__) | {"message", "asctime"}
-# Powertools decodes a message that is a JSON document; those take its own path.
-_JSON_STARTS = frozenset('{["-0123456789')
+# Powertools decodes a message that is a JSON document (json.loads: white space around it,
+# NaN and Infinity too); whatever might be one takes its path.
+_JSON_STARTS = frozenset('{["-0123456789NI \t\n\r')
 _JSON_WORDS = frozenset(("true", "false", "null"))
 _TRACE_ENV = "_X_AMZN_TRACE_ID"
 _PLAIN_JSON_TYPES = frozenset((str, int, bool))
@@ -51,11 +45,14 @@ class LeanFormatter(LambdaPowertoolsFormatter):
 
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(**kwargs)
-        # one encoder, made once: json.dumps with keyword arguments builds a new one per line
-        encoder = json.JSONEncoder(
-            default=self.json_default, separators=(",", ":"), indent=self.json_indent, ensure_ascii=False
-        )
-        self.json_serializer = encoder.encode
+        if "json_serializer" not in kwargs:
+            # one encoder, made once: json.dumps with keyword arguments builds one per line
+            encoder = json.JSONEncoder(
+                default=self.json_default, separators=(",", ":"), indent=self.json_indent, ensure_ascii=False
+            )
+            self.json_serializer = encoder.encode
+        # the lean path decodes no message (a caller's own decoder must see every one)
+        self._plain = "json_deserializer" not in kwargs
         # compact lines with the default serialization (not POWERTOOLS_DEV's indented ones)
         self._plain_json = self.json_indent is None and not {"json_serializer", "json_default"} & kwargs.keys()
         self._second = -1
@@ -66,9 +63,12 @@ class LeanFormatter(LambdaPowertoolsFormatter):
     def format(self, record: logging.LogRecord) -> str:
         if not (record.args or record.exc_info or record.stack_info):
             extras = {k: v for k, v in record.__dict__.items() if k not in _RESERVED}
-            line = self.plain_line(
-                record.levelname, record.funcName, record.lineno, record.created, record.msecs, record.msg, extras
-            )
+            try:
+                line = self.plain_line(
+                    record.levelname, record.funcName, record.lineno, record.created, record.msecs, record.msg, extras
+                )
+            except Exception:
+                line = None  # Powertools' formatter meets the same trouble and raises it
             if line is not None:
                 return line
         return super().format(record)
@@ -85,9 +85,11 @@ class LeanFormatter(LambdaPowertoolsFormatter):
     ) -> str | None:
         """The line for a plain record, or None when it is not one (Powertools formats it)."""
         if (
-            type(message) is not str
+            not self._plain
+            or type(message) is not str
             or message[:1] in _JSON_STARTS
-            or message in _JSON_WORDS
+            or message.rstrip() in _JSON_WORDS
+            or any(type(key) is not str for key in extras)  # Powertools fails on these
             or self.datefmt
             or self.use_rfc3339_iso8601
             or self.thread_safe_get_current_keys()
@@ -95,8 +97,10 @@ class LeanFormatter(LambdaPowertoolsFormatter):
             return None
         line: dict[str, Any] = {}
         for key, value in self.log_format.items():
-            if type(value) is not str or key not in _RESERVED:
+            if not value or key not in _RESERVED:
                 line[key] = value
+            elif type(value) is not str:
+                return None  # Powertools refuses a reserved key that is not a template
             elif value == "%(levelname)s":
                 line[key] = level_name
             elif value == "%(funcName)s:%(lineno)d":
@@ -159,9 +163,16 @@ class LeanLogger(Logger):
             logging.INFO, msg, extra, kwargs, sys._getframe(1)
         ):
             return
-        # one frame more between the caller and the standard library's stack walk
+        # one frame more between the caller and the standard library's stack walk (at 1 the
+        # walk names Powertools' own frame, as it would without this one)
         super().info(
-            msg, *args, exc_info=exc_info, stack_info=stack_info, stacklevel=stacklevel + 1, extra=extra, **kwargs
+            msg,
+            *args,
+            exc_info=exc_info,
+            stack_info=stack_info,
+            stacklevel=stacklevel + 1 if stacklevel > 1 else stacklevel,
+            extra=extra,
+            **kwargs,
         )
 
     def _write_plain(
@@ -184,29 +195,43 @@ class LeanLogger(Logger):
         if not isinstance(formatter, LeanFormatter):
             return False
         extras = {**extra, **kwargs} if extra else kwargs
-        if not _NOT_EXTRAS.isdisjoint(extras):
+        code = caller.f_code
+        if not _NOT_EXTRAS.isdisjoint(extras) or _skipped_by_stack_walk(code.co_filename):
             return False
         now_ns = time.time_ns()
-        line = formatter.plain_line(
-            logging.getLevelName(level),
-            caller.f_code.co_name,
-            caller.f_lineno,
-            now_ns / 1e9,
-            (now_ns // 1_000_000) % 1000,
-            msg,
-            extras,
-        )
+        try:
+            line = formatter.plain_line(
+                logging.getLevelName(level),
+                code.co_name,
+                caller.f_lineno,
+                now_ns // 1_000_000_000,
+                (now_ns // 1_000_000) % 1000,
+                msg,
+                extras,
+            )
+        except Exception:
+            return False  # the usual path meets it too, and reports it as logging does
         if line is None:
             return False
         handler.acquire()
         try:
             handler.stream.write(line + handler.terminator)
             handler.flush()
+        except RecursionError:
+            raise
         except Exception:
-            return False  # the usual path writes it, or reports why it cannot
+            # as StreamHandler.emit does: report it on stderr and carry on (the usual path
+            # must not write the line a second time)
+            record = logger.makeRecord(logger.name, level, code.co_filename, caller.f_lineno, msg, (), None)
+            handler.handleError(record)
         finally:
             handler.release()
         return True
+
+
+def _skipped_by_stack_walk(filename: str) -> bool:
+    """Whether the standard library's findCaller passes over a frame of this file."""
+    return filename == logging._srcfile or ("importlib" in filename and "_bootstrap" in filename)
 
 
 def service_logger(service: str) -> Logger:
