@@ -20,7 +20,7 @@ from typing import Any
 
 import pytest
 
-from offload import cli
+from offload import cli, operations
 from offload.jobs import Status
 from offload.local import invoke
 from offload.local.gateway import Gateway
@@ -78,6 +78,33 @@ def in_background(steps: Callable[[], None]) -> Iterator[None]:
     thread.start()
     yield
     thread.join(timeout=10)
+
+
+class WatchReads:
+    """Counts the job reads ``offload watch`` makes, so a test moves the job on only once the
+    watch has seen where it is (a fixed sleep loses that race on a loaded machine)."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        self._count = 0
+        self._changed = threading.Condition()
+        real = operations.require_job
+
+        def counted(queue: Queue, job_id: str) -> Any:
+            job = real(queue, job_id)
+            with self._changed:
+                self._count += 1
+                self._changed.notify_all()
+            return job
+
+        monkeypatch.setattr(operations, "require_job", counted)
+
+    def wait_for(self, reads: int) -> None:
+        with self._changed:
+            assert self._changed.wait_for(lambda: self._count >= reads, timeout=10)
+
+    @property
+    def count(self) -> int:
+        return self._count
 
 
 # -- usage and errors --------------------------------------------------------------------
@@ -157,9 +184,10 @@ def test_watch_draws_a_progress_bar_on_a_terminal(offload: Run, queue: Queue, mo
     job_id = fan_out(queue, 4)
     queue.apply_outcome(job_id, 0, 1, succeeded=True, result_json="0")
     monkeypatch.setattr(sys.stdout, "isatty", lambda: True)
+    reads = WatchReads(monkeypatch)
 
     def finish_slices() -> None:
-        time.sleep(0.1)
+        reads.wait_for(1)
         for n in (1, 2, 3):
             queue.apply_outcome(job_id, n, 1, succeeded=True, result_json=str(n))
 
@@ -173,13 +201,16 @@ def test_watch_draws_a_progress_bar_on_a_terminal(offload: Run, queue: Queue, mo
     assert final.startswith(f"job {job_id} succeeded after")
 
 
-def test_watch_prints_plain_lines_when_not_on_a_terminal(offload: Run, queue: Queue) -> None:
+def test_watch_prints_plain_lines_when_not_on_a_terminal(
+    offload: Run, queue: Queue, monkeypatch: pytest.MonkeyPatch
+) -> None:
     job_id = submit(queue)
+    reads = WatchReads(monkeypatch)
 
     def run_inline() -> None:
-        time.sleep(0.1)
+        reads.wait_for(1)
         queue.take("w1", 1)
-        time.sleep(0.1)
+        reads.wait_for(reads.count + 2)  # one read that began after the take has ended
         queue.take("w1", 0, acks=[queue.finish_call("w1", job_id, "{}")])
 
     with in_background(run_inline):
