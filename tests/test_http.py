@@ -108,6 +108,15 @@ def test_repeated_keys_get_the_same_answer_both_ways(pairs: list[tuple[str, str]
     assert_same(body.encode())
 
 
+class ListOfValues(list[str]):
+    pass
+
+
+class Unprintable:
+    def __str__(self) -> str:
+        raise RuntimeError("no text")
+
+
 HEADER_EVENTS = [
     {"multiValueHeaders": {"X-Foo": ["\ud800"]}},
     {"multiValueHeaders": {"A": ["ok"], "B": ["\ud800"], "a": ["\ud800"]}},
@@ -117,6 +126,8 @@ HEADER_EVENTS = [
     {"headers": {"X-Caf\u00e9": "ok", "Idempotency-Key": " k "}},
     {"multiValueHeaders": {"Idempotency-Key": [" k ", "k"], "X": [None, 3]}},
     {"multiValueHeaders": {"Idempotency-Key": ["k", "j"]}},
+    {"multiValueHeaders": {"X-A": ListOfValues(["a", "b"])}},
+    {"multiValueHeaders": {"x-a": ["a"]}, "headers": {"X-A": Unprintable()}},
 ]
 
 

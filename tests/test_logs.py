@@ -103,6 +103,9 @@ WRITERS: dict[str, Callable[[Logger], None]] = {
     "a reserved key that is no template": lambda lg: (lg.append_keys(timestamp=123), lg.info("x")),
     "a template in a str subclass": lambda lg: (lg.append_keys(location=Text("%(funcName)s:%(lineno)d")), lg.info("x")),
     "stacklevel 1": lambda lg: lg.info("x", stacklevel=1),
+    "an integer too long to print": lambda lg: lg.info("x", extra={"n": 10**4300}),
+    "an empty exc_info": lambda lg: lg.info("x", exc_info=()),
+    "exc_info False": lambda lg: lg.info("x", exc_info=False),
     "stacklevel 3": lambda lg: lg.info("x", stacklevel=3),
     "a number": lambda lg: lg.info("42"),
     "a dict message": lambda lg: lg.info({"a": 1}),
@@ -210,3 +213,39 @@ def test_a_callers_own_serializer_is_used() -> None:
 
     ours = lines_from(LeanFormatter(json_serializer=serializer), WRITERS["extras"], LeanLogger)
     assert ours == lines_from(LambdaPowertoolsFormatter(json_serializer=serializer), WRITERS["extras"]) == ["custom"]
+
+
+class Prefixed(LeanFormatter):
+    def format(self, record: logging.LogRecord) -> str:
+        return "P " + super().format(record)
+
+
+class NumberedLogger(logging.Logger):
+    def handle(self, record: logging.LogRecord) -> None:
+        record.seq = 7
+        super().handle(record)
+
+
+def test_a_record_factory_a_logger_class_or_a_formatter_subclass_sees_every_line(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(time, "time_ns", lambda: 1_796_342_400_500_000_000)
+    monkeypatch.setattr(time, "time", lambda: 1_796_342_400.5)
+    plain = logging.getLogRecordFactory()
+
+    def tagged(*args: object, **kwargs: object) -> logging.LogRecord:
+        record = plain(*args, **kwargs)
+        record.otelTraceID = "abc"
+        return record
+
+    monkeypatch.setattr(logging, "_logRecordFactory", tagged)
+    [line] = lines_from(LeanFormatter(), WRITERS["plain"], LeanLogger, freeze=False)
+    assert '"otelTraceID":"abc"' in line
+    monkeypatch.setattr(logging, "_logRecordFactory", plain)
+
+    [line] = lines_from(Prefixed(), WRITERS["plain"], LeanLogger, freeze=False)
+    assert line.startswith("P {")
+
+    monkeypatch.setattr(logging.Logger.manager, "loggerClass", NumberedLogger)
+    [line] = lines_from(LeanFormatter(), WRITERS["plain"], LeanLogger, freeze=False)
+    assert '"seq":7' in line

@@ -100,7 +100,7 @@ def _headers(event: Mapping[str, Any]) -> dict[str, str]:
     wins: it has every value, ``headers`` only the last of each)."""
     values: dict[str, list[str]] = {}
     for name, items in _mapping(event, "multiValueHeaders").items():
-        if type(items) is not list and not isinstance(items, tuple):
+        if not isinstance(items, (list, tuple)):
             items = [items]
         texts = [item if type(item) is str else str(item) for item in items if item is not None]
         if texts:
@@ -110,8 +110,8 @@ def _headers(event: Mapping[str, Any]) -> dict[str, str]:
             else:
                 values[key] = texts
     for name, item in _mapping(event, "headers").items():
-        if item is not None:
-            values.setdefault(str(name).lower(), [item if type(item) is str else str(item)])
+        if item is not None and (key := str(name).lower()) not in values:
+            values[key] = [item if type(item) is str else str(item)]
     # Every name and value checked in one pass (a tab is allowed, so it joins them). A request
     # with anything to refuse goes header by header instead, so the error names the same
     # header, in the same words, as it always has.

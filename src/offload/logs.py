@@ -37,7 +37,20 @@ _NOT_EXTRAS = _RESERVED | frozenset(logging.LogRecord("", 0, "", 0, "", None, No
 _JSON_STARTS = frozenset('{["-0123456789NI \t\n\r')
 _JSON_WORDS = frozenset(("true", "false", "null"))
 _TRACE_ENV = "_X_AMZN_TRACE_ID"
-_PLAIN_JSON_TYPES = frozenset((str, int, bool))
+# json.dumps refuses an integer longer than this (0: no limit); pydantic-core writes it
+_INT_DIGITS = sys.get_int_max_str_digits() if hasattr(sys, "get_int_max_str_digits") else 0
+_TOO_LONG_INT = 10**_INT_DIGITS if _INT_DIGITS else 0
+
+
+def _plain_values(line: Mapping[str, object]) -> bool:
+    """Only text, flags and integers json.dumps can write: pydantic-core writes those alike."""
+    for value in line.values():
+        kind = type(value)
+        if kind is str or kind is bool:
+            continue
+        if kind is not int or (_TOO_LONG_INT and not -_TOO_LONG_INT < value < _TOO_LONG_INT):  # type: ignore[operator]
+            return False
+    return True
 
 
 class LeanFormatter(LambdaPowertoolsFormatter):
@@ -61,7 +74,9 @@ class LeanFormatter(LambdaPowertoolsFormatter):
         self._trace_id: str | None = None
 
     def format(self, record: logging.LogRecord) -> str:
-        if not (record.args or record.exc_info or record.stack_info):
+        # exc_info exactly None or False: Powertools reads any tuple, even an empty one
+        exc_info: object = record.exc_info
+        if not (record.args or record.stack_info) and (exc_info is None or exc_info is False):
             extras = {k: v for k, v in record.__dict__.items() if k not in _RESERVED}
             try:
                 line = self.plain_line(
@@ -115,7 +130,7 @@ class LeanFormatter(LambdaPowertoolsFormatter):
             line.pop("stack_trace", None)
         line["xray_trace_id"] = None if self.log_format.get("xray_trace_id", "") is None else self._trace()
         clean = {k: v for k, v in line.items() if v is not None}
-        if self._plain_json and {type(v) for v in clean.values()} <= _PLAIN_JSON_TYPES:
+        if self._plain_json and _plain_values(clean):
             try:  # pydantic-core writes these exactly as json.dumps does, in a third of the time
                 return to_json(clean).decode()
             except PydanticSerializationError:  # a lone surrogate: json.dumps writes it as it is
@@ -159,9 +174,8 @@ class LeanLogger(Logger):
         extra: Mapping[str, object] | None = None,
         **kwargs: object,
     ) -> None:
-        if not (args or exc_info or stack_info or stacklevel != 2) and self._write_plain(
-            logging.INFO, msg, extra, kwargs, sys._getframe(1)
-        ):
+        plain_call = not (args or stack_info or stacklevel != 2) and (exc_info is None or exc_info is False)
+        if plain_call and self._write_plain(logging.INFO, msg, extra, kwargs, sys._getframe(1)):
             return
         # one frame more between the caller and the standard library's stack walk (at 1 the
         # walk names Powertools' own frame, as it would without this one)
@@ -181,7 +195,9 @@ class LeanLogger(Logger):
         """Write the line straight to the one handler; False when the usual path must run."""
         logger = self._logger
         if (
-            logger.propagate
+            type(logger) is not logging.Logger  # a logger class of someone else's may handle records itself
+            or logging.getLogRecordFactory() is not logging.LogRecord  # a factory may add fields
+            or logger.propagate
             or logger.filters
             or len(logger.handlers) != 1
             or getattr(self, "_buffer_config", None)
@@ -192,7 +208,7 @@ class LeanLogger(Logger):
         formatter = handler.formatter
         if type(handler) is not logging.StreamHandler or handler.filters or level < handler.level:
             return False
-        if not isinstance(formatter, LeanFormatter):
+        if type(formatter) is not LeanFormatter:  # a subclass may format lines its own way
             return False
         extras = {**extra, **kwargs} if extra else kwargs
         code = caller.f_code
