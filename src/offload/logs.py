@@ -68,10 +68,9 @@ class LeanFormatter(LambdaPowertoolsFormatter):
         self._plain = "json_deserializer" not in kwargs
         # compact lines with the default serialization (not POWERTOOLS_DEV's indented ones)
         self._plain_json = self.json_indent is None and not {"json_serializer", "json_default"} & kwargs.keys()
-        self._second = -1
-        self._second_text = ("", "")
-        self._trace_raw: str | None = None
-        self._trace_id: str | None = None
+        # each cache is one tuple, replaced whole: threads (the worker's) read it without a lock
+        self._clock: tuple[int, str, str] = (-1, "", "")  # second, its date and time, its zone
+        self._trace_cache: tuple[str | None, str | None] = (None, None)  # the variable, its trace id
 
     def format(self, record: logging.LogRecord) -> str:
         # exc_info exactly None or False: Powertools reads any tuple, even an empty one
@@ -145,20 +144,21 @@ class LeanFormatter(LambdaPowertoolsFormatter):
     def _timestamp(self, created: float, msecs: float) -> str:
         """Powertools' default timestamp (``2026-12-04 00:44:40,535+0000``), ``strftime`` once a second."""
         second = int(created)
-        if second != self._second:
+        cached, clock, zone = self._clock
+        if second != cached:
             struct = self.converter(second)
-            self._second_text = (time.strftime("%Y-%m-%d %H:%M:%S", struct), time.strftime("%z", struct))
-            self._second = second
-        clock, zone = self._second_text
+            clock, zone = time.strftime("%Y-%m-%d %H:%M:%S", struct), time.strftime("%z", struct)
+            self._clock = (second, clock, zone)
         return f"{clock},{int(msecs):03d}{zone}"
 
     def _trace(self) -> str | None:
         """The X-Ray trace id Lambda sets per invocation, parsed once per value."""
         raw = os.environ.get(_TRACE_ENV)
-        if raw != self._trace_raw:
-            self._trace_raw = raw
-            self._trace_id = raw.split(";")[0].replace("Root=", "") if raw else None
-        return self._trace_id
+        cached_raw, trace_id = self._trace_cache
+        if raw != cached_raw:
+            trace_id = raw.split(";")[0].replace("Root=", "") if raw else None
+            self._trace_cache = (raw, trace_id)
+        return trace_id
 
 
 class LeanLogger(Logger):
