@@ -219,6 +219,9 @@ class OwnWork:
     warm_s: float  # per call, calls back to back
     after_wait_s: float  # per call, each after a blocking wait on a loopback socket
 
+    def as_dict(self) -> dict[str, float]:
+        return {"own_work_us": round(self.warm_s * 1e6, 2), "own_work_after_wait_us": round(self.after_wait_s * 1e6, 2)}
+
 
 def own_work(queue: Any, reply: Any, call: Callable[[], object], n: int, rounds: int = 5) -> OwnWork:
     """A handler's own work, with ``queue``'s client a StubRedis: in a warm loop, and with each

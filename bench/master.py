@@ -81,8 +81,7 @@ def child(params: dict[str, Any]) -> dict[str, Any]:
         **paired.as_dict(),
         "jobs_measured": rounds * per_round,
         "round_trips_per_job": writes[0] / counted,
-        "own_work_us": round(own.warm_s * 1e6, 2),
-        "own_work_after_wait_us": round(own.after_wait_s * 1e6, 2),
+        **own.as_dict(),
         "script_only": script_only.as_dict(),
         "payload_bytes": len(event["body"]),
     }

@@ -105,29 +105,30 @@ def script_only_row(group: str, script: str, r: dict[str, Any]) -> Figure:
     )
 
 
+def hot_path_rows(
+    group: str, r: dict[str, Any], figure: str, round_trips: tuple[str, str], script: str
+) -> list[Figure]:
+    """A master or callback benchmark: its time over the LPUSH (the target), its round trips,
+    and the informational rows that say where its time goes."""
+    rows = [
+        Figure(group, figure, r["path_us"], "µs", f"raw LPUSH {r['raw_lpush_us']:.1f} µs", r["ratio"], "<=", 2.0),
+        Figure(group, round_trips[0], r[round_trips[1]], "", "", None, "==", 1),
+    ]
+    if "own_work_us" in r:
+        rows += [own_work_row(group, r), after_wait_row(group, r), script_only_row(group, script, r)]
+    return rows
+
+
 def figures(results: dict[str, Any]) -> list[Figure]:
     rows: list[Figure] = []
     if "master" in results:
-        m = results["master"]
-        rows += [
-            Figure(
-                "1. Master",
-                "time per accepted job (handler, event in, 202 out)",
-                m["path_us"],
-                "µs",
-                f"raw LPUSH {m['raw_lpush_us']:.1f} µs",
-                m["ratio"],
-                "<=",
-                2.0,
-            ),
-            Figure("1. Master", "Redis round trips per accepted job", m["round_trips_per_job"], "", "", None, "==", 1),
-        ]
-        if "own_work_us" in m:
-            rows += [
-                own_work_row("1. Master", m),
-                after_wait_row("1. Master", m),
-                script_only_row("1. Master", "the enqueue", m),
-            ]
+        rows += hot_path_rows(
+            "1. Master",
+            results["master"],
+            "time per accepted job (handler, event in, 202 out)",
+            ("Redis round trips per accepted job", "round_trips_per_job"),
+            "the enqueue",
+        )
     if "worker" in results:
         w = results["worker"]
         ours = w["offload"]["jobs_per_s"]
@@ -148,26 +149,13 @@ def figures(results: dict[str, Any]) -> list[Figure]:
                     )
                 )
     if "callback" in results:
-        c = results["callback"]
-        rows += [
-            Figure(
-                "3. Callback",
-                "time to apply one slice outcome (handler)",
-                c["path_us"],
-                "µs",
-                f"raw LPUSH {c['raw_lpush_us']:.1f} µs",
-                c["ratio"],
-                "<=",
-                2.0,
-            ),
-            Figure("3. Callback", "Redis round trips per outcome", c["round_trips_per_outcome"], "", "", None, "==", 1),
-        ]
-        if "own_work_us" in c:
-            rows += [
-                own_work_row("3. Callback", c),
-                after_wait_row("3. Callback", c),
-                script_only_row("3. Callback", "the apply-outcome", c),
-            ]
+        rows += hot_path_rows(
+            "3. Callback",
+            results["callback"],
+            "time to apply one slice outcome (handler)",
+            ("Redis round trips per outcome", "round_trips_per_outcome"),
+            "the apply-outcome",
+        )
     if "fanout" in results:
         f = results["fanout"]
         runs = sorted(f["runs"], key=lambda r: r["latency_ms"])

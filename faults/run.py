@@ -106,6 +106,16 @@ class Scenario:
         self.workers.append(worker.start())
         return worker
 
+    def compute_and_two_workers(self, url: str) -> tuple[LocalCompute, list[WorkerProcess]]:
+        """The load most scenarios run under: a local compute service and two workers on ``url``."""
+        compute = LocalCompute().start()
+        self.closers.append(compute.stop)
+        return compute, [self.compute_worker(url, compute), self.compute_worker(url, compute)]
+
+    def compute_worker(self, url: str, compute: LocalCompute) -> WorkerProcess:
+        """A worker on ``url`` dispatching slices to ``compute``, in small batches."""
+        return self.worker(url, FAULTS_COMPUTE_URL=compute.url, OFFLOAD_BATCH_SIZE="8")
+
     def submit_many(
         self, count: int, rate: float, mix: Callable[[int], tuple[str, dict[str, Any]]]
     ) -> threading.Thread:
@@ -220,10 +230,7 @@ def kill9(s: Scenario) -> Figures:
     """kill -9 of a worker every 2.5 s during 3000 jobs (one in 20 fans out), restarted at once."""
     server, queue = redis_server()
     s.closers.append(server.stop)
-    compute = LocalCompute().start()
-    s.closers.append(compute.stop)
-    env = {"FAULTS_COMPUTE_URL": compute.url, "OFFLOAD_BATCH_SIZE": "8"}
-    pool = [s.worker(server.url, **env), s.worker(server.url, **env)]
+    compute, pool = s.compute_and_two_workers(server.url)
     with serving(queue):
         submitter = s.submit_many(3000, 150, work_mix(8, fan_every=20))
         watchers: list[threading.Thread] = []
@@ -240,7 +247,7 @@ def kill9(s: Scenario) -> Figures:
 
             watchers.append(threading.Thread(target=watch, daemon=True))
             watchers[-1].start()
-            pool[kill % 2] = s.worker(server.url, **env)
+            pool[kill % 2] = s.compute_worker(server.url, compute)
         submitter.join()
         for w in watchers:
             w.join(60)
@@ -271,11 +278,7 @@ def client_kill(s: Scenario) -> Figures:
     """CLIENT KILL of every client connection every 20 ms while 2000 jobs run (one in 10 fans out)."""
     server, queue = redis_server()
     s.closers.append(server.stop)
-    compute = LocalCompute().start()
-    s.closers.append(compute.stop)
-    env = {"FAULTS_COMPUTE_URL": compute.url, "OFFLOAD_BATCH_SIZE": "8"}
-    s.worker(server.url, **env)
-    s.worker(server.url, **env)
+    compute, _ = s.compute_and_two_workers(server.url)
     killer, stop, kills = plain_client(server.url), threading.Event(), [0]
 
     def kill_connections() -> None:
@@ -301,11 +304,7 @@ def lost_replies(s: Scenario) -> Figures:
     s.closers.append(server.stop)
     proxy = Proxy(("127.0.0.1", server.port)).start()
     s.closers.append(proxy.stop)
-    compute = LocalCompute().start()
-    s.closers.append(compute.stop)
-    env = {"FAULTS_COMPUTE_URL": compute.url, "OFFLOAD_BATCH_SIZE": "8"}
-    s.worker(proxy.url, **env)
-    s.worker(proxy.url, **env)
+    compute, _ = s.compute_and_two_workers(proxy.url)
     with serving(queue):
         proxy.lose_replies(probability=0.02)
         s.submit_many(1500, 200, work_mix(3, fan_every=10)).join()
@@ -322,11 +321,7 @@ def redis_restart(s: Scenario) -> Figures:
     server = DurableRedis()
     s.closers.append(server.stop)
     queue = api_queue(server.url)
-    compute = LocalCompute().start()
-    s.closers.append(compute.stop)
-    env = {"FAULTS_COMPUTE_URL": compute.url, "OFFLOAD_BATCH_SIZE": "8"}
-    s.worker(server.url, **env)
-    s.worker(server.url, **env)
+    compute, _ = s.compute_and_two_workers(server.url)
     with serving(queue):
         submitter = s.submit_many(1500, 150, work_mix(5, fan_every=10))
         time.sleep(3)
@@ -352,11 +347,7 @@ def failover(s: Scenario) -> Figures:
     proxy = Proxy(("127.0.0.1", primary.port)).start()
     s.closers.append(proxy.stop)
     queue = api_queue(proxy.url)
-    compute = LocalCompute().start()
-    s.closers.append(compute.stop)
-    env = {"FAULTS_COMPUTE_URL": compute.url, "OFFLOAD_BATCH_SIZE": "8"}
-    s.worker(proxy.url, **env)
-    s.worker(proxy.url, **env)
+    compute, _ = s.compute_and_two_workers(proxy.url)
     with serving(queue):
         submitter = s.submit_many(1500, 150, work_mix(5, fan_every=10))
         time.sleep(3)

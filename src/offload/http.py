@@ -11,7 +11,6 @@ import binascii
 import json
 import math
 import re
-import sys
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
@@ -20,6 +19,7 @@ from pydantic import BaseModel, ValidationError
 from pydantic_core import from_json, to_json
 
 from offload.errors import OffloadError
+from offload.json_limits import json_can_write
 
 M = TypeVar("M", bound=BaseModel)
 
@@ -33,9 +33,6 @@ SINGLE_VALUED = frozenset({"content-type", "content-length", "idempotency-key", 
 _CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
 # a key with white space before its colon: the count of keys below could not see it
 _SPACED_KEY = re.compile(rb'"[ \t\r\n]+:')
-# json.loads refuses an integer longer than this (0: no limit); pydantic-core does not
-_INT_DIGITS = sys.get_int_max_str_digits() if hasattr(sys, "get_int_max_str_digits") else 0
-_TOO_LONG_INT = 10**_INT_DIGITS if _INT_DIGITS else 0
 
 
 class HttpError(OffloadError):
@@ -250,7 +247,7 @@ def _plain_numbers_and_keys(data: Any) -> int:
         elif kind is float:
             if item in (math.inf, -math.inf):
                 return -1
-        elif kind is int and _TOO_LONG_INT and not -_TOO_LONG_INT < item < _TOO_LONG_INT:
+        elif kind is int and not json_can_write(item):
             return -1
     return keys
 

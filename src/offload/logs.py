@@ -28,6 +28,8 @@ from aws_lambda_powertools.logging import Logger
 from aws_lambda_powertools.logging.formatter import RESERVED_LOG_ATTRS, LambdaPowertoolsFormatter
 from pydantic_core import PydanticSerializationError, to_json
 
+from offload.json_limits import json_can_write
+
 _RESERVED = frozenset(RESERVED_LOG_ATTRS)
 # Keys an extra may not use: the standard library refuses the record's own attributes
 # (KeyError), and Powertools drops its reserved keys. Such a line takes the usual path.
@@ -37,9 +39,6 @@ _NOT_EXTRAS = _RESERVED | frozenset(logging.LogRecord("", 0, "", 0, "", None, No
 _JSON_STARTS = frozenset('{["-0123456789NI \t\n\r')
 _JSON_WORDS = frozenset(("true", "false", "null"))
 _TRACE_ENV = "_X_AMZN_TRACE_ID"
-# json.dumps refuses an integer longer than this (0: no limit); pydantic-core writes it
-_INT_DIGITS = sys.get_int_max_str_digits() if hasattr(sys, "get_int_max_str_digits") else 0
-_TOO_LONG_INT = 10**_INT_DIGITS if _INT_DIGITS else 0
 
 
 def _plain_values(line: Mapping[str, object]) -> bool:
@@ -48,7 +47,7 @@ def _plain_values(line: Mapping[str, object]) -> bool:
         kind = type(value)
         if kind is str or kind is bool:
             continue
-        if kind is not int or (_TOO_LONG_INT and not -_TOO_LONG_INT < value < _TOO_LONG_INT):  # type: ignore[operator]
+        if kind is not int or not json_can_write(value):  # type: ignore[arg-type]
             return False
     return True
 
