@@ -347,6 +347,8 @@ def test_stats_prints_a_row_per_queue(offload: Run, make_queue: Callable[..., Qu
     ]
     assert first.split()[:8] == ["default", "1", "-", "0", "0", "0", "0", "0"]
     assert second.split()[:8] == ["bulk", "1", "-", "0", "0", "0", "1", "1"]  # w1 took a job there: alive
+    invariant = "accepted = queued + running + waiting + retrying + succeeded + dead holds"
+    assert f"default: {invariant}" in out and f"bulk: {invariant}" in out
 
 
 def test_stats_json_is_the_queue_or_a_list_of_queues(offload: Run, make_queue: Callable[..., Queue]) -> None:
@@ -714,13 +716,19 @@ def test_submit_signs_requests_to_the_deployed_api_but_not_to_the_local_stack() 
     assert cli._sigv4("POST", "http://127.0.0.1:8787/jobs", b"{}") == {}
 
 
-def test_operator_commands_refuse_to_guess_which_redis_to_use() -> None:
-    import os
-    import subprocess
-    import sys
-
+@pytest.mark.parametrize("command", ["stats", "worker"])
+def test_operator_commands_refuse_to_guess_which_redis_to_use(command: str) -> None:
     env = {k: v for k, v in os.environ.items() if k != "REDIS_URL"}
+
+    done = subprocess.run([sys.executable, "-m", "offload.cli", command], env=env, capture_output=True, text=True)
+
+    assert done.returncode == 1 and "set REDIS_URL" in done.stderr and "Traceback" not in done.stderr
+
+
+def test_a_redis_url_that_is_not_one_is_named_not_a_traceback() -> None:
+    env = {**os.environ, "REDIS_URL": "notaurl"}
 
     done = subprocess.run([sys.executable, "-m", "offload.cli", "stats"], env=env, capture_output=True, text=True)
 
-    assert done.returncode == 1 and "set REDIS_URL" in done.stderr
+    assert done.returncode == 1 and "REDIS_URL 'notaurl' is not a redis://" in done.stderr
+    assert "Traceback" not in done.stderr

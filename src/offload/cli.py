@@ -198,9 +198,12 @@ def _read_json(source: str) -> Any:
 
 
 def _settings(queue: str | None = None) -> config.Settings:
-    if not os.environ.get("REDIS_URL"):
+    url = os.environ.get("REDIS_URL")
+    if not url:
         # never fall back to whatever Redis happens to listen on this machine's default port
         raise OffloadError("set REDIS_URL to the queue's Redis (offload local up prints the local one)")
+    if urllib.parse.urlsplit(url).scheme not in ("redis", "rediss", "unix"):
+        raise OffloadError(f"REDIS_URL {url!r} is not a redis://, rediss:// or unix:// URL")
     settings = config.settings()
     return dataclasses.replace(settings, queue=queue) if queue else settings
 
@@ -425,7 +428,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
     from offload.worker import Worker
     from offload.worker_tracing import span_factory
 
-    settings = config.settings()
+    settings = _settings()
     dispatcher = None
     if settings.compute_function:
         client = boto3.client(
@@ -574,8 +577,8 @@ def cmd_stats(args: argparse.Namespace) -> int:
     for row in rows:
         counts = "  ".join(f"{k}={v}" for k, v in sorted(row["counts"].items()))
         lines.append(f"{row['queue']}: {counts or 'no jobs yet'}")
-        if not row["balanced"]:
-            lines.append(f"{row['queue']}: accepted is not the sum of the statuses")
+        holds = "holds" if row["balanced"] else "does NOT hold"
+        lines.append(f"{row['queue']}: accepted = queued + running + waiting + retrying + succeeded + dead {holds}")
     # one queue: its object (as before); several: a list of them
     _print(args, rows[0] if len(rows) == 1 else rows, "\n".join(lines))
     return 0
